@@ -1,0 +1,16 @@
+"""Built-in components.
+
+Each module listed here is a pluggy plugin registered exactly like a third-party one: it
+defines ``gshead_register_<kind>s`` hook implementations. One module per component, grouped by
+kind; the module is imported only when the registry first loads.
+"""
+
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "gshead.plugins.headmodels.procedural",
+    "gshead.plugins.encoders.tiny_conv",
+    "gshead.plugins.lifters.single_plane",
+    "gshead.plugins.drivers.mesh_bound",
+    "gshead.plugins.renderers.torch_tiles",
+    "gshead.plugins.refiners.identity",
+    "gshead.plugins.trackers.frontal",
+)
