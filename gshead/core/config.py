@@ -9,6 +9,7 @@ Field docs are the docstrings written under each field (they become JSON-schema 
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
@@ -27,6 +28,7 @@ class ComponentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     kind: ClassVar[Kind]
+    requires_cuda: ClassVar[bool] = False  # True for components that only run on CUDA tensors
     name: str
 
 
@@ -84,8 +86,13 @@ class PipelineSettings(BaseModel):
     """Side of the square images rendered when driving, in pixels."""
 
 
+_MODELS: weakref.WeakKeyDictionary[Registry, type[BaseModel]] = weakref.WeakKeyDictionary()
+
+
 def pipeline_model(registry: Registry) -> type[BaseModel]:
-    """The pydantic model of a whole pipeline for the components ``registry`` knows."""
+    """The pydantic model of a whole pipeline for the components ``registry`` knows (one per registry)."""
+    if registry in _MODELS:
+        return _MODELS[registry]
     fields: dict[str, Any] = {}
     for kind in KINDS:
         classes = [spec.config_class for spec in registry.components(kind).values()]
@@ -96,7 +103,9 @@ def pipeline_model(registry: Registry) -> type[BaseModel]:
         else:
             slot = Annotated[Union[tuple(classes)], Field(discriminator="name")]  # noqa: UP007
         fields[kind] = (slot, ...)
-    return create_model("PipelineConfig", __base__=PipelineSettings, **fields)
+    model = create_model("PipelineConfig", __base__=PipelineSettings, **fields)
+    _MODELS[registry] = model
+    return model
 
 
 def _describe(error: dict[str, Any], registry: Registry, source: str) -> str:
@@ -114,12 +123,14 @@ def _describe(error: dict[str, Any], registry: Registry, source: str) -> str:
         if etype == "union_tag_not_found":
             return f"{where}{kind}: missing 'name'; expected one of: {names}"
         return f"{where}{kind}.name: unknown {kind} {got!r}; expected one of: {names}"
-    # Drop the union tag pydantic inserts after the slot name ("encoder.tiny-conv.width").
-    if kind and len(loc) > 1 and loc[1] in registry.components(kind):
-        comp = loc[1]
-        loc = [loc[0]] + loc[2:]
-    else:
-        comp = None
+    comp = None
+    if kind:
+        specs = registry.components(kind)
+        if len(loc) > 1 and loc[1] in specs:  # drop the union tag pydantic inserts ("encoder.tiny-conv.width")
+            comp = loc[1]
+            loc = [loc[0]] + loc[2:]
+        elif len(specs) == 1:  # a one-member slot is validated without a tag
+            comp = next(iter(specs))
     path = ".".join(loc) or "(top level)"
     if etype == "extra_forbidden":
         if kind and comp:

@@ -1,0 +1,220 @@
+"""Binding points (Gaussian centres) to a triangle mesh and moving them with it. Pure torch.
+
+A bound point remembers a triangle, the barycentric coordinates of its *closest point on that
+triangle* (the anchor: all weights >= 0, summing to 1) and its offset from the anchor expressed
+in the triangle's frame. When the mesh deforms, the point follows the anchor and the frame::
+
+    point = Σ_k barycentric[k] · corner_k  +  R_face · offset
+
+Triangle frame (columns of ``R_face``, right-handed, orthonormal):
+    e1 = unit(v1 - v0)                  along the first edge
+    e3 = unit((v1 - v0) × (v2 - v0))    the face normal (outward for counter-clockwise faces)
+    e2 = e3 × e1                        in the plane, pointing towards v2
+The frame *origin* returned by ``face_frames`` is the triangle's centroid; bindings do not use
+it (they anchor at their own barycentric point), so it is only a convenient per-face position.
+
+Offsets are metric (not scaled with the triangle), so a rigid motion of the mesh moves bound
+points rigidly, and a Gaussian's rotation follows ``R_now · R_rest⁻¹`` (see ``posed_rotations``).
+Degenerate (zero-area) triangles have no defined normal; avoid them in meshes used for binding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gshead.core.errors import ShapeError
+from gshead.core.types import MeshBinding
+
+__all__ = ["face_frames", "bind_to_mesh", "posed_points", "posed_rotations", "posed_frames"]
+
+
+def _batched_vertices(name: str, vertices: Tensor) -> Tensor:
+    if vertices.dim() == 2:
+        vertices = vertices[None]
+    if vertices.dim() != 3 or vertices.shape[-1] != 3:
+        raise ShapeError(f"{name}: expected shape [B, V, 3] or [V, 3], got {list(vertices.shape)}")
+    return vertices
+
+
+def _check_faces(faces: Tensor, num_vertices: int) -> Tensor:
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ShapeError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
+    if faces.numel() == 0:
+        raise ShapeError("faces: expected at least one triangle")
+    return faces.long()
+
+
+def _frames_from_corners(corners: Tensor) -> Tensor:
+    """Rotation [..., 3, 3] (columns e1, e2, e3) of triangles given by corners [..., 3, 3]."""
+    v0, v1, v2 = corners.unbind(-2)
+    edge = v1 - v0
+    e1 = F.normalize(edge, dim=-1, eps=1e-20)
+    e3 = F.normalize(torch.linalg.cross(edge, v2 - v0, dim=-1), dim=-1, eps=1e-20)
+    e2 = torch.linalg.cross(e3, e1, dim=-1)
+    return torch.stack([e1, e2, e3], dim=-1)
+
+
+def face_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
+    """One orthonormal frame per triangle.
+
+    ``vertices`` [B, V, 3] (or [V, 3], treated as B = 1); ``faces`` [F, 3] long.
+    Returns ``origins`` [B, F, 3] (triangle centroids) and ``rotations`` [B, F, 3, 3] whose
+    columns are (edge direction, in-plane normal, face normal): world = R @ local + origin.
+    """
+    vertices = _batched_vertices("vertices", vertices)
+    faces = _check_faces(faces, vertices.shape[1])
+    corners = vertices[:, faces]  # [B, F, 3 corners, 3]
+    return corners.mean(2), _frames_from_corners(corners)
+
+
+def _closest_on_triangles(p: Tensor, corners: Tensor) -> tuple[Tensor, Tensor]:
+    """Squared distance [...] and barycentrics [..., 3] of the closest point on each triangle.
+
+    ``p`` [..., 3] and ``corners`` [..., 3, 3] broadcast together. Inside the triangle the
+    closest point is the plane projection; otherwise it lies on one of the three edges.
+    Coordinates are handled as separate x/y/z tensors (reductions over a size-3 axis are slow).
+    """
+    P = p.unbind(-1)
+    A, B, C = (c.unbind(-1) for c in corners.unbind(-2))
+
+    def sub(u, v):
+        return tuple(x - y for x, y in zip(u, v))
+
+    def dot(u, v):
+        return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
+
+    ab, ac, ap = sub(B, A), sub(C, A), sub(P, A)
+    d00, d01, d11 = dot(ab, ab), dot(ab, ac), dot(ac, ac)
+    d20, d21 = dot(ap, ab), dot(ap, ac)
+    denom = d00 * d11 - d01 * d01  # = |ab x ac|^2
+    nondegenerate = denom > 1e-12 * d00 * d11
+    safe = torch.where(nondegenerate, denom, torch.ones_like(denom))
+    bv = (d11 * d20 - d01 * d21) / safe
+    bw = (d00 * d21 - d01 * d20) / safe
+    bu = 1.0 - bv - bw
+    inside = nondegenerate & (bu >= 0) & (bv >= 0) & (bw >= 0)
+    diff = tuple(x - v * e - w * f for x, e, f, v, w in zip(ap, ab, ac, [bv] * 3, [bw] * 3))
+    best_d2 = torch.where(inside, dot(diff, diff), torch.full_like(denom, float("inf")))
+    bary = [bu, bv, bw]
+
+    for x, y, (i, j) in ((A, B, (0, 1)), (B, C, (1, 2)), (C, A, (2, 0))):
+        e, px = sub(y, x), sub(P, x)
+        t = (dot(px, e) / dot(e, e).clamp_min(1e-30)).clamp(0.0, 1.0)
+        r = tuple(q - t * ec for q, ec in zip(px, e))
+        d2 = dot(r, r)
+        closer = (~inside) & (d2 < best_d2)
+        best_d2 = torch.where(closer, d2, best_d2)
+        w = [torch.zeros_like(t)] * 3
+        w[i], w[j] = 1.0 - t, t
+        bary = [torch.where(closer, wk, bk) for wk, bk in zip(w, bary)]
+    return best_d2, torch.stack(bary, -1)
+
+
+@torch.no_grad()
+def bind_to_mesh(
+    points: Tensor,
+    vertices: Tensor,
+    faces: Tensor,
+    *,
+    candidates: int = 32,
+    chunk_pairs: int = 1 << 22,
+) -> MeshBinding:
+    """Bind each point to its closest triangle of the mesh.
+
+    ``points`` [M, 3]; ``vertices`` [V, 3] (or [1, V, 3]); ``faces`` [F, 3] long.
+    Returns a ``MeshBinding`` with ``face_index`` [M], ``barycentric`` [M, 3] (of the closest
+    point on the triangle) and ``offset`` [M, 3] (point minus that closest point, in the face
+    frame), in the points' dtype and device. Not differentiable (binding is done once).
+
+    Exact, like a brute-force search, but pruned: a cheap lower bound of every point-triangle
+    distance (the larger of centroid distance minus circumradius and distance to the plane)
+    orders the triangles; the ``candidates`` best are tested exactly, and a point whose winner
+    cannot be proven (some untested bound is smaller) is retried with 4x more candidates, up to
+    all triangles. Memory stays about ``chunk_pairs`` (point, triangle) pairs per step.
+    """
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ShapeError(f"points: expected shape [M, 3], got {list(points.shape)}")
+    if vertices.dim() == 3 and vertices.shape[0] == 1:
+        vertices = vertices[0]
+    if vertices.dim() != 2 or vertices.shape[1] != 3:
+        raise ShapeError(f"vertices: expected shape [V, 3], got {list(vertices.shape)}")
+    faces = _check_faces(faces, vertices.shape[0])
+    out_dtype, device = points.dtype, points.device
+    m = points.shape[0]
+
+    corners = vertices.detach().to(device=device, dtype=torch.float64)[faces.to(device)]  # [F, 3, 3]
+    n_faces = corners.shape[0]
+    centroid = corners.mean(1)  # [F, 3]
+    radius = (corners - centroid[:, None]).norm(dim=-1).amax(1)  # [F] circumradius about the centroid
+    edge1, edge2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    normal = F.normalize(torch.linalg.cross(edge1, edge2, dim=-1), dim=-1)  # [F, 3]
+    plane = (normal * centroid).sum(-1)  # [F]
+    extent = float((corners.reshape(-1, 3).amax(0) - corners.reshape(-1, 3).amin(0)).norm())
+    slack = 1e-9 * extent + 1e-12  # float64 rounding of the bounds
+    pts = points.detach().to(torch.float64)
+    exact_pairs = max(1, chunk_pairs // 32)  # exact tests need ~30x the memory of a bound
+
+    face_index = torch.empty(m, dtype=torch.long, device=device)
+    bary = torch.empty(m, 3, dtype=torch.float64, device=device)
+    step = max(1, chunk_pairs // n_faces)
+    for s in range(0, m, step):
+        p = pts[s : s + step]  # [m', 3]
+        lower = torch.cdist(p, centroid).sub_(radius)  # [m', F] lower bounds of the distances
+        torch.maximum(lower, torch.addmm(plane, p, normal.T, beta=-1).abs_(), out=lower)
+        todo = torch.arange(p.shape[0], device=device)
+        k = max(1, candidates)
+        while todo.numel():
+            k = min(k, n_faces)
+            take = min(k + 1, n_faces)  # one more: the smallest bound left untested
+            proven = torch.zeros(todo.numel(), dtype=torch.bool, device=device)
+            sub = max(1, exact_pairs // k)
+            for u in range(0, todo.numel(), sub):
+                ids = todo[u : u + sub]
+                bound, idx = torch.topk(lower[ids], take, dim=1, largest=False, sorted=True)
+                cand = idx[:, :k]  # [u', K]
+                d2, b = _closest_on_triangles(p[ids, None], corners[cand])  # [u', K], [u', K, 3]
+                best = d2.argmin(1)
+                rows = torch.arange(ids.numel(), device=device)
+                face_index[s + ids] = cand[rows, best]
+                bary[s + ids] = b[rows, best]
+                if take > k:
+                    proven[u : u + sub] = d2[rows, best].sqrt() <= bound[:, k] - slack
+                else:
+                    proven[u : u + sub] = True  # every triangle was tested
+            todo = todo[~proven]
+            k *= 4
+
+    tri = corners[face_index]  # [M, 3, 3]
+    anchor = (bary[..., None] * tri).sum(1)  # [M, 3]
+    rot = _frames_from_corners(tri)  # [M, 3, 3]
+    offset = (rot.transpose(1, 2) @ (pts - anchor)[..., None])[..., 0]  # R^T (p - anchor)
+    return MeshBinding(face_index=face_index, barycentric=bary.to(out_dtype), offset=offset.to(out_dtype))
+
+
+def posed_frames(binding: MeshBinding, vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
+    """Bound points [B, M, 3] and their triangles' rotations [B, M, 3, 3] on ``vertices`` [B, V, 3]."""
+    vertices = _batched_vertices("vertices", vertices)
+    faces = _check_faces(faces, vertices.shape[1])
+    corners = vertices[:, faces[binding.face_index]]  # [B, M, 3 corners, 3]
+    rot = _frames_from_corners(corners)  # [B, M, 3, 3]
+    bary = binding.barycentric.to(corners.dtype)
+    anchor = (bary[None, :, :, None] * corners).sum(2)  # [B, M, 3]
+    points = anchor + (rot @ binding.offset.to(corners.dtype)[None, :, :, None])[..., 0]
+    return points, rot
+
+
+def posed_points(binding: MeshBinding, vertices: Tensor, faces: Tensor) -> Tensor:
+    """Positions [B, M, 3] of the bound points on the mesh ``vertices`` [B, V, 3] (``faces`` [F, 3])."""
+    return posed_frames(binding, vertices, faces)[0]
+
+
+def posed_rotations(binding: MeshBinding, vertices: Tensor, faces: Tensor) -> Tensor:
+    """Frame rotations [B, M, 3, 3] of each bound point's triangle on ``vertices`` [B, V, 3].
+
+    To carry a Gaussian's orientation from the rest mesh to a posed one:
+    ``R_gauss_now = posed_rotations(now) @ posed_rotations(rest).transpose(-1, -2) @ R_gauss_rest``
+    (with quaternions: ``q_now = q(R_now) * q(R_rest)^-1 * q_rest``).
+    """
+    return posed_frames(binding, vertices, faces)[1]

@@ -1,0 +1,198 @@
+"""Pipelines: reconstruct an avatar once, then drive it per frame through a ``DrivingSession``.
+
+``Pipeline`` owns every component; ``reconstruct`` is the heavy, once-per-portrait path.
+``DrivingSession`` owns only what driving needs (driver, rasterizer, refiner) plus the frozen
+avatar, and enforces the contract (``gshead.core.contract``) as it runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from gshead.core import contract
+from gshead.core.components import KINDS, BuildContext, Kind
+from gshead.core.config import default_pipeline_path, dump_pipeline, load_pipeline, validate_pipeline
+from gshead.core.registry import Registry, get_registry
+from gshead.core.types import Avatar, Camera, Gaussians, HeadParams, Provenance
+
+# Reconstruction-time kinds: a driving session must never reach one of these.
+RECONSTRUCTION_KINDS: tuple[Kind, ...] = ("encoder", "lifter", "tracker")
+
+
+def _seeded(seed: int, build):
+    """Run ``build()`` with torch's RNG seeded, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def build_component(config: BaseModel, kind: Kind, context: BuildContext, registry: Registry):
+    """Build the component in slot ``kind`` of a pipeline config, seeded by the config's seed."""
+    slot = getattr(config, kind)
+    seed = config.seed * 1000 + KINDS.index(kind)  # type: ignore[attr-defined]
+    module = _seeded(seed, lambda: registry.build(kind, slot, context))
+    if isinstance(module, torch.nn.Module):
+        module.eval()
+    return module
+
+
+class Pipeline:
+    """A validated pipeline config built into components."""
+
+    def __init__(self, config: BaseModel, registry: Registry | None = None) -> None:
+        self.registry = registry or get_registry()
+        self.config = config
+        c: Any = config
+        self.head_model = build_component(config, "headmodel", BuildContext(c.feature_channels), self.registry)
+        base = BuildContext(c.feature_channels, self.head_model)
+        self.encoder = build_component(config, "encoder", base, self.registry)
+        self.context = BuildContext(
+            c.feature_channels, self.head_model, tuple(self.encoder.out_channels), self.encoder.global_channels
+        )
+        self.lifter = build_component(config, "lifter", self.context, self.registry)
+        self.driver = build_component(config, "driver", self.context, self.registry)
+        self.rasterizer = build_component(config, "rasterizer", self.context, self.registry)
+        self.refiner = build_component(config, "refiner", self.context, self.registry)
+        self.tracker = build_component(config, "tracker", self.context, self.registry)
+
+    @classmethod
+    def from_yaml(cls, path, registry: Registry | None = None) -> Pipeline:
+        registry = registry or get_registry()
+        return cls(load_pipeline(path, registry), registry)
+
+    @classmethod
+    def from_dict(cls, data: dict, registry: Registry | None = None) -> Pipeline:
+        registry = registry or get_registry()
+        return cls(validate_pipeline(data, registry), registry)
+
+    @classmethod
+    def default(cls, registry: Registry | None = None) -> Pipeline:
+        """The embedded default pipeline (``gshead/configs/default.yaml``)."""
+        return cls.from_yaml(default_pipeline_path(), registry)
+
+    def components(self) -> dict[Kind, Any]:
+        return {kind: getattr(self, "head_model" if kind == "headmodel" else kind) for kind in KINDS}
+
+    @torch.no_grad()
+    def reconstruct(
+        self, image: Tensor, source: HeadParams | None = None, camera: Camera | None = None
+    ) -> Avatar:
+        """Build a frozen avatar from one portrait.
+
+        :param image: [1, 3, S, S] in [0, 1], S = ``source_size`` (see ``gshead.core.io``).
+        :param source: the portrait's head parameters; tracked when None.
+        :param camera: the portrait's camera; tracked when None.
+        """
+        from gshead.core.errors import InputError
+
+        size = self.config.source_size  # type: ignore[attr-defined]
+        if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[2:] != (size, size):
+            raise InputError(f"reconstruct: expected an image of shape [1, 3, {size}, {size}], got {list(image.shape)}")
+        if source is None or camera is None:
+            tracked = self.tracker.track(image)
+            source = source if source is not None else tracked.params
+            camera = camera if camera is not None else tracked.camera
+        view = camera.moved(source.pose_matrix())  # lift in head space: head pose is camera motion
+        features = self.encoder(image)
+        static = self.lifter(features, source, view)
+        rig = self.driver.prepare(features, source, view, static)
+        provenance = Provenance(
+            pipeline=dump_pipeline(self.config),
+            head_model=self.config.headmodel.name,  # type: ignore[attr-defined]
+            gshead_version=_version(),
+            torch_version=torch.__version__,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+        avatar = Avatar(static=static, rig=rig, source=source, camera=camera, provenance=provenance)
+        return _frozen_copy(avatar)
+
+    def session(self, avatar: Avatar, render_size: int | None = None, **kwargs) -> DrivingSession:
+        """A driving session for ``avatar`` using this pipeline's driving components."""
+        return DrivingSession(
+            avatar,
+            self.driver,
+            self.rasterizer,
+            self.refiner,
+            render_size=render_size or self.config.render_size,  # type: ignore[attr-defined]
+            forbidden=self.reconstruction_types(),
+            **kwargs,
+        )
+
+    def reconstruction_types(self) -> tuple[type, ...]:
+        """Types a driving session must not reach (this pipeline's encoder, lifter, tracker)."""
+        return tuple({type(getattr(self, kind)) for kind in RECONSTRUCTION_KINDS} | {Pipeline})
+
+
+def _version() -> str:
+    from gshead import __version__
+
+    return __version__
+
+
+def _frozen_copy(avatar: Avatar) -> Avatar:
+    """Detached, contiguous copies of every tensor, so nothing outside can alias the avatar."""
+
+    def fix(obj):
+        if isinstance(obj, Tensor):
+            return obj.detach().contiguous().clone()
+        import dataclasses
+
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and not isinstance(obj, Provenance):
+            return dataclasses.replace(obj, **{f.name: fix(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+        return obj
+
+    return fix(avatar)
+
+
+class DrivingSession:
+    """Per-frame driving of one frozen avatar.
+
+    Holds the avatar, the driver, the rasterizer and the refiner, and nothing that reconstructs.
+    Every frame: the driver poses the rig for the frame's head parameters, the head pose becomes
+    camera motion, the rasterizer splats static + posed Gaussians, the refiner makes RGB. The
+    avatar is checked after each stage (``contract.AvatarGuard``).
+    """
+
+    def __init__(
+        self,
+        avatar: Avatar,
+        driver,
+        rasterizer,
+        refiner,
+        render_size: int | None = None,
+        background: Tensor | None = None,
+        forbidden: tuple[type, ...] = (),
+    ) -> None:
+        self.avatar = avatar
+        self.driver = driver
+        self.rasterizer = rasterizer
+        self.refiner = refiner
+        size = render_size or avatar.camera.width
+        self.camera = avatar.camera.resized(size, size * avatar.camera.height // avatar.camera.width)
+        self.background = background
+        self._guard = contract.AvatarGuard(avatar)
+        contract.check_isolation(self, forbidden)
+
+    @torch.no_grad()
+    def render(self, params: HeadParams, camera: Camera | None = None) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] for a batch of B head parameters.
+
+        The avatar's identity replaces ``params.identity`` (drive with anyone's expressions).
+        ``camera`` defaults to the source camera at the session's render size.
+        """
+        b = params.batch_size
+        params = params.replace(identity=self.avatar.source.identity.expand(b, -1))
+        camera = (camera or self.camera).expand(b).moved(params.pose_matrix())
+        posed = self.driver.drive(self.avatar, params)
+        self._guard.check("driver")
+        gaussians = Gaussians.cat([self.avatar.static, posed])
+        render = self.rasterizer(gaussians, camera, self.background)
+        self._guard.check("rasterizer")
+        image = self.refiner(render)
+        self._guard.check("refiner")
+        return image

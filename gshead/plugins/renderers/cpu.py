@@ -1,0 +1,217 @@
+"""``cpu``: the fast CPU rasterizer (torch projection + numba tile compositing, differentiable).
+
+Same semantics as the ``torch-tiles`` reference (gsplat's; see ``torch_tiles.py``), about 10-20x
+faster. Split of the work:
+
+- projection (``projection.project_gaussians``) stays in torch: vectorised over Gaussians,
+  cheap, and autograd gives its backward for free (means, quats, scales, camera);
+- binning, depth sort (stable radix sort), front-to-back compositing and the compositing
+  backward are numba kernels (``_cpu_kernels.py``), wrapped in one ``torch.autograd.Function``
+  whose backward returns gradients w.r.t. means2d, conics, opacities, features, depths and
+  the background.
+
+Why numba rather than a C++ torch extension: it needs no compiler or build step on the user's
+machine (pip wheels only), compiles for the CPU it runs on (AVX-512 here), and caches the
+machine code on disk (``cache=True``: ~0.3 s to load in a new process, ~15 s to compile the
+first time). A hand-vectorised C++ kernel could be ~2x faster still; not worth a build system.
+numba is imported lazily, on the first render, so importing this module compiles nothing.
+
+Who owns the cores: the numba kernels, with ``numba.get_num_threads()`` threads (all cores by
+default; set ``NUMBA_NUM_THREADS`` to change). Torch runs only the projection, before and after
+the kernels, never concurrently with them. Nothing here calls BLAS through numpy; if an
+application does, ``OPENBLAS_NUM_THREADS=1`` keeps OpenBLAS's spinning threads off numba's cores.
+
+Memory per camera: the output planes, per-tile pair lists (4 bytes per Gaussian-tile pair), two
+[H, W] planes saved for the backward (last blended pair, final transmittance), and in the
+backward one [N, 7 + C] gradient buffer per thread. Everything is float32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from gshead.core.components import BuildContext
+from gshead.core.config import RasterizerConfig
+from gshead.core.errors import ShapeError
+from gshead.core.hookspecs import hookimpl
+from gshead.core.types import Camera, Gaussians, Render
+from gshead.plugins.renderers.projection import check_finite, project_gaussians
+from gshead.plugins.renderers.torch_tiles import EPS2D, _broadcast
+
+__all__ = ["CpuRasterizer", "CpuRasterizerConfig", "rasterize_cpu"]
+
+
+def rasterize_cpu(
+    gaussians: Gaussians,  # [B, N] (or [1, N], broadcast to the cameras)
+    camera: Camera,  # [B] (or [1], broadcast to the Gaussians)
+    background: Tensor | None = None,  # [C] or None (zeros)
+    near: float = 0.01,
+) -> Render:
+    """Render ``gaussians`` through ``camera`` on the CPU (semantics of ``rasterize_tiles``).
+
+    Returns ``Render`` with features [B, C, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] in
+    the Gaussians' dtype (computed in float32). Differentiable w.r.t. means, quats, scales,
+    opacities, features and the background. Raises ``GsheadError`` on NaN/inf inputs or CUDA
+    tensors, ``ShapeError`` on mismatched batches, a bad background shape or zero channels.
+    """
+    gaussians, camera = _broadcast(gaussians, camera)
+    channels = gaussians.channels
+    if channels < 1:
+        raise ShapeError("Gaussians.features: expected at least one channel, got 0")
+    if gaussians.means.device.type != "cpu":
+        from gshead.core.errors import GsheadError
+
+        raise GsheadError(
+            f"cpu rasterizer: Gaussians are on {gaussians.means.device}; move them to the CPU "
+            "or use the 'gsplat' / 'auto' rasterizer"
+        )
+    dtype = gaussians.means.dtype
+    if background is None:
+        background = torch.zeros(channels, dtype=dtype)
+    elif background.shape != (channels,):
+        raise ShapeError(f"background: expected shape [{channels}], got {list(background.shape)}")
+    check_finite(gaussians, camera, background)
+
+    f32 = torch.float32
+    proj = project_gaussians(
+        gaussians.means.to(f32),
+        gaussians.quats.to(f32),
+        gaussians.scales.to(f32),
+        camera.world_to_camera.to(f32),
+        camera.intrinsics.to(f32),
+        camera.width,
+        camera.height,
+        near=near,
+        eps2d=EPS2D,
+    )
+    image, alpha, depth = _Composite.apply(
+        proj.means2d,
+        proj.conics,
+        gaussians.opacities.to(f32),
+        gaussians.features.to(f32),
+        proj.depths,
+        background.to(f32),
+        proj.valid,
+        camera.width,
+        camera.height,
+    )
+    return Render(features=image.to(dtype), alpha=alpha.to(dtype), depth=depth.to(dtype))
+
+
+def _threads() -> int:
+    """Work chunks per kernel: one per numba thread (numba is already imported by the caller)."""
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _numpy(t: Tensor):
+    """A contiguous numpy view (copy only when needed) of a detached CPU tensor."""
+    return t.detach().contiguous().numpy()
+
+
+class _Composite(torch.autograd.Function):
+    """Tile binning + compositing of projected Gaussians; numba forward and backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        means2d: Tensor,  # [B, N, 2] float32
+        conics: Tensor,  # [B, N, 3]
+        opacities: Tensor,  # [B, N]
+        features: Tensor,  # [B, N, C]
+        depths: Tensor,  # [B, N]
+        background: Tensor,  # [C]
+        valid: Tensor,  # [B, N] bool
+        width: int,
+        height: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # [B, C, H, W], [B, 1, H, W], [B, 1, H, W]
+        from gshead.plugins.renderers import _cpu_kernels as K
+
+        batch, _, channels = features.shape
+        image = torch.empty(batch, channels, height, width, dtype=torch.float32)
+        alpha = torch.empty(batch, 1, height, width, dtype=torch.float32)
+        depth = torch.empty(batch, 1, height, width, dtype=torch.float32)
+        last = torch.empty(batch, height, width, dtype=torch.int32)
+        trans = torch.empty(batch, height, width, dtype=torch.float32)
+        bg = _numpy(background)
+        saved = []
+        for b in range(batch):
+            tile_start, ids, params, rows = K.prepare(
+                _numpy(means2d[b]), _numpy(conics[b]), _numpy(opacities[b]), _numpy(depths[b]),
+                _numpy(valid[b]), width, height,
+            )  # fmt: skip
+            binned = (params, rows, _numpy(features[b]), bg, tile_start, ids, width, height, _threads())
+            K.composite(
+                *binned, image[b].numpy(), alpha[b, 0].numpy(), depth[b, 0].numpy(), last[b].numpy(), trans[b].numpy()
+            )
+            saved.append(binned)
+        ctx.binned = saved
+        ctx.save_for_backward(last, trans)
+        return image, alpha, depth
+
+    @staticmethod
+    def backward(ctx, grad_image: Tensor, grad_alpha: Tensor, grad_depth: Tensor):  # type: ignore[override]
+        from gshead.plugins.renderers import _cpu_kernels as K
+
+        last, trans = ctx.saved_tensors
+        batch, height, width = last.shape
+        grads = []
+        for b in range(batch):
+            binned = ctx.binned[b]
+            channels = binned[2].shape[1]
+            out = K.composite_backward(
+                *binned,
+                last[b].numpy(),
+                trans[b].numpy(),
+                _grad_plane(grad_image, b, (channels, height, width)),
+                _grad_plane(grad_alpha, b, (1, height, width))[0],
+                _grad_plane(grad_depth, b, (1, height, width))[0],
+            )
+            grads.append(torch.from_numpy(out))
+        g = torch.stack(grads)  # [B, N, 7 + C]
+        g_means2d, g_conics, g_opac, g_depths, g_feat = g[..., 0:2], g[..., 2:5], g[..., 5], g[..., 6], g[..., 7:]
+        g_bg = None
+        if ctx.needs_input_grad[5] and grad_image is not None:
+            g_bg = (grad_image * trans[:, None]).sum(dim=(0, 2, 3))  # [C]
+        return g_means2d, g_conics, g_opac, g_feat, g_depths, g_bg, None, None, None
+
+
+def _grad_plane(grad: Tensor | None, b: int, shape: tuple[int, ...]):
+    """Camera ``b``'s slice of an incoming gradient as float32 numpy (zeros when autograd gave None)."""
+    if grad is None:
+        return torch.zeros(shape, dtype=torch.float32).numpy()
+    return _numpy(grad[b].to(torch.float32))
+
+
+class CpuRasterizerConfig(RasterizerConfig):
+    """Fast CPU rasterizer (numba), differentiable, any channel count; same images as torch-tiles."""
+
+    name: Literal["cpu"] = "cpu"
+    near_plane: float = Field(0.01, gt=0.0)
+    """Gaussians whose camera-space z is at or below this (model units) are not drawn."""
+
+
+class CpuRasterizer(torch.nn.Module):
+    """``Rasterizer`` component wrapping ``rasterize_cpu`` (no weights)."""
+
+    def __init__(self, config: CpuRasterizerConfig, context: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(
+        self,
+        gaussians: Gaussians,  # [B, N]
+        camera: Camera,  # [B]
+        background: Tensor | None = None,  # [C] or None (zeros)
+    ) -> Render:
+        return rasterize_cpu(gaussians, camera, background, near=self.config.near_plane)
+
+
+@hookimpl
+def gshead_register_rasterizers(register):
+    register(CpuRasterizerConfig, CpuRasterizer)
