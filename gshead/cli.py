@@ -15,10 +15,11 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _progress(**kwargs):
+def _progress(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr (``disable=True`` hides it)."""
     from tqdm import tqdm
 
-    return tqdm(file=sys.stderr, dynamic_ncols=True, disable=kwargs.pop("disable", None), **kwargs)
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
 # -- plugins / config -------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def cmd_reconstruct(args) -> int:
 
     from gshead.core.avatar_io import save_avatar
     from gshead.core.config import default_pipeline_path
-    from gshead.core.io import read_image, square_resize
+    from gshead.core.io import read_image
     from gshead.core.pipeline import Pipeline
 
     torch.set_grad_enabled(False)
@@ -90,8 +91,8 @@ def cmd_reconstruct(args) -> int:
         bar.set_postfix_str("building pipeline")
         pipeline = Pipeline.from_yaml(args.pipeline or default_pipeline_path())
         bar.update()
-        bar.set_postfix_str("tracking, encoding, lifting")
-        avatar = pipeline.reconstruct(square_resize(image, pipeline.config.source_size))
+        bar.set_postfix_str("cropping, tracking, encoding, lifting")
+        avatar = pipeline.reconstruct(pipeline.prepare_image(image))
         bar.update()
         bar.set_postfix_str(f"writing {args.output}")
         save_avatar(args.output, avatar, pipeline)
@@ -128,16 +129,19 @@ def _driving_params(args, loaded):
         return seq.params
     if path.suffix.lower() in {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}:
         from gshead.core.components import BuildContext
-        from gshead.core.io import read_video, square_resize
+        from gshead.core.io import crop_square, read_video
         from gshead.core.pipeline import build_component
         from gshead.core.registry import get_registry
+        from gshead.core.types import CropBox
 
         cfg = loaded.config
         tracker = build_component(cfg, "tracker", BuildContext(cfg.feature_channels, loaded.head_model), get_registry())
         frames, _fps, count = read_video(path)
         tracked = []
+        box = None
         for frame in _progress(frames, total=count, desc="tracking", unit="frame", disable=args.quiet):
-            tracked.append(tracker.track(square_resize(frame, cfg.source_size)).params)
+            box = box or tracker.crop_box(frame) or CropBox.centred(frame.shape[-1], frame.shape[-2])
+            tracked.append(tracker.track(crop_square(frame, box, cfg.source_size)).params)
         if not tracked:
             raise InputError(f"{path}: the video has no frames")
         fields = tracked[0].tensors().keys()

@@ -24,7 +24,7 @@ import torch
 from gshead.core.components import Kind
 from gshead.core.contract import check_independence
 from gshead.core.registry import Registry, get_registry
-from gshead.core.types import Avatar, FeatureMaps, Gaussians, HeadMesh, Render, Rig, Tracked
+from gshead.core.types import Avatar, CropBox, FeatureMaps, Gaussians, HeadMesh, Render, Rig, Tracked
 
 TINY_PIPELINE: dict[str, Any] = {
     "seed": 0,
@@ -146,6 +146,8 @@ def check_component(kind: Kind, config: dict[str, Any] | None = None, registry: 
         assert rgb.shape == (2, 3, 24, 32), f"{name}: output must be [B, 3, H, W]"
         assert rgb.min() >= 0 and rgb.max() <= 1, f"{name}: output must lie in [0, 1]"
     elif kind == "tracker":
+        box = pipe.tracker.crop_box(image)
+        assert box is None or (isinstance(box, CropBox) and box.side > 0), f"{name}: crop_box must be a CropBox or None"
         batch = torch.cat([image, image.flip(-1)])
         out = pipe.tracker.track(batch)
         assert isinstance(out, Tracked), f"{name}: track must return Tracked"

@@ -87,6 +87,20 @@ def test_reenact_from_a_tracked_sequence_file(avatar_file, tmp_path):
     assert probe_video(video).frames == 8
 
 
+def test_reenact_driven_by_a_video(avatar_file, tmp_path):
+    from gshead.core.io import VideoWriter
+    from gshead.testing import sample_image
+
+    clip = tmp_path / "driver.mp4"
+    with VideoWriter(clip, fps=10, width=64, height=64) as video:
+        for i in range(5):
+            video.write(sample_image(64, seed=i))
+    out = tmp_path / "driven.mp4"
+    assert main(["reenact", str(avatar_file), "--driver", str(clip), "--size", "32", "-o", str(out), "-q"]) == 0
+    info = probe_video(out)
+    assert (info.frames, info.width) == (5, 32)
+
+
 @pytest.mark.parametrize(
     "setup, pattern",
     [

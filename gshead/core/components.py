@@ -19,6 +19,7 @@ from torch import Tensor
 from gshead.core.types import (
     Avatar,
     Camera,
+    CropBox,
     FeatureMaps,
     Gaussians,
     HeadMesh,
@@ -102,9 +103,13 @@ class Refiner(Protocol):
 
 @runtime_checkable
 class Tracker(Protocol):
-    """Head parameters and a camera for each image."""
+    """Where the head is in a raw image, then head parameters and a camera for each crop."""
 
-    def track(self, images: Tensor) -> Tracked:  # images [B, 3, H, W] in [0, 1]
+    def crop_box(self, image: Tensor) -> CropBox | None:
+        """The square crop of a raw image [1, 3, H, W] that the pipeline should use (None: centred)."""
+        ...
+
+    def track(self, images: Tensor) -> Tracked:  # images [B, 3, H, W] in [0, 1], already cropped
         ...
 
 

@@ -43,6 +43,8 @@ def _check_faces(faces: Tensor, num_vertices: int) -> Tensor:
         raise ShapeError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
     if faces.numel() == 0:
         raise ShapeError("faces: expected at least one triangle")
+    if faces.min() < 0 or faces.max() >= num_vertices:
+        raise ShapeError(f"faces: indices must lie in [0, {num_vertices}), got up to {int(faces.max())}")
     return faces.long()
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gshead.core.errors import InputError, ShapeError
+from gshead.core.types import CropBox
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -119,12 +120,22 @@ def square_resize(image: Tensor, size: int) -> Tensor:
     """Centre-crop ``image`` [B, 3, H, W] to a square, then resize it (antialiased) to [B, 3, size, size]."""
     if image.dim() != 4:
         raise ShapeError(f"square_resize: expected an image batch [B, C, H, W], got {list(image.shape)}")
-    if size <= 0:
-        raise ShapeError(f"square_resize: size must be positive, got {size}")
+    return crop_square(image, CropBox.centred(image.shape[-1], image.shape[-2]), size)
+
+
+def crop_square(image: Tensor, box: CropBox, size: int) -> Tensor:
+    """The square ``box`` of ``image`` [B, C, H, W] (black past the borders), resized to [B, C, size, size]."""
+    if image.dim() != 4:
+        raise ShapeError(f"crop_square: expected an image batch [B, C, H, W], got {list(image.shape)}")
+    if size <= 0 or box.side <= 0:
+        raise ShapeError(f"crop_square: sizes must be positive, got output {size} and box side {box.side}")
     h, w = image.shape[-2:]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = image[:, :, top : top + side, left : left + side]  # [B, 3, side, side]
+    left, top, side = round(box.left), round(box.top), max(1, round(box.side))
+    pad = (max(0, -left), max(0, left + side - w), max(0, -top), max(0, top + side - h))
+    if any(pad):
+        image = F.pad(image, pad)  # zeros: matted on black
+        left, top = left + pad[0], top + pad[2]
+    square = image[:, :, top : top + side, left : left + side]  # [B, C, side, side]
     if side == size:
         return square
     resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

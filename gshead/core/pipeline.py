@@ -18,7 +18,7 @@ from gshead.core import contract
 from gshead.core.components import KINDS, BuildContext, Kind
 from gshead.core.config import default_pipeline_path, dump_pipeline, load_pipeline, validate_pipeline
 from gshead.core.registry import Registry, get_registry
-from gshead.core.types import Avatar, Camera, Gaussians, HeadParams, Provenance
+from gshead.core.types import Avatar, Camera, CropBox, Gaussians, HeadParams, Provenance
 
 # Reconstruction-time kinds: a driving session must never reach one of these.
 RECONSTRUCTION_KINDS: tuple[Kind, ...] = ("encoder", "lifter", "tracker")
@@ -78,13 +78,21 @@ class Pipeline:
     def components(self) -> dict[Kind, Any]:
         return {kind: getattr(self, "head_model" if kind == "headmodel" else kind) for kind in KINDS}
 
+    def prepare_image(self, image: Tensor) -> Tensor:
+        """A raw portrait [1, 3, H, W] cropped where the tracker finds the head (centred when it
+        does not say) and resized to the pipeline's ``source_size``: [1, 3, S, S]."""
+        from gshead.core.io import crop_square
+
+        box = self.tracker.crop_box(image) or CropBox.centred(image.shape[-1], image.shape[-2])
+        return crop_square(image, box, self.config.source_size)  # type: ignore[attr-defined]
+
     @torch.no_grad()
     def reconstruct(
         self, image: Tensor, source: HeadParams | None = None, camera: Camera | None = None
     ) -> Avatar:
         """Build a frozen avatar from one portrait.
 
-        :param image: [1, 3, S, S] in [0, 1], S = ``source_size`` (see ``gshead.core.io``).
+        :param image: [1, 3, S, S] in [0, 1], S = ``source_size`` (see ``prepare_image``).
         :param source: the portrait's head parameters; tracked when None.
         :param camera: the portrait's camera; tracked when None.
         """

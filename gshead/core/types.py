@@ -321,6 +321,21 @@ class Render(_Container):
 
 
 @dataclass(frozen=True)
+class CropBox:
+    """A square region of an image, in pixels; it may reach past the borders (padded with black)."""
+
+    left: float
+    top: float
+    side: float
+
+    @staticmethod
+    def centred(width: int, height: int) -> CropBox:
+        """The largest centred square."""
+        side = min(width, height)
+        return CropBox((width - side) // 2, (height - side) // 2, side)
+
+
+@dataclass(frozen=True)
 class Tracked(_Container):
     """A tracker's estimate for a batch of images."""
 

@@ -158,3 +158,5 @@ def test_shape_errors(mesh):
         face_frames(verts[None], faces[:, :2])
     with pytest.raises(ShapeError, match="vertices"):
         face_frames(torch.zeros(1, 2, 5, 3), faces)
+    with pytest.raises(ShapeError, match="faces: indices"):
+        posed_points(bind_to_mesh(verts[:3], verts, faces), verts[None, :10], faces)

@@ -337,6 +337,20 @@ def test_blink_closes_only_its_own_eye(head, side, other):
     assert torch.equal(blink.vertices[0, other_side], base.vertices[0, other_side])
 
 
+def test_expressions_and_jaw_fold_no_triangle(head):
+    def normals(v):
+        t = v.double()[head.faces]
+        return torch.linalg.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0], dim=-1)
+
+    rest = normals(head.template)
+    poses = [head.neutral().replace(expression=torch.eye(head.expression_dim)[k][None]) for k in range(15)]
+    poses.append(head.neutral().replace(jaw=torch.tensor([[0.4, 0.0, 0.0]])))
+    poses.append(head.neutral().replace(expression=torch.full((1, 15), 0.7), jaw=torch.tensor([[0.2, 0.0, 0.0]])))
+    for p in poses:
+        flipped = (normals(head(p).vertices[0]) * rest).sum(-1) <= 0
+        assert not flipped.any(), f"{int(flipped.sum())} triangles fold over"
+
+
 def test_smile_raises_its_own_mouth_corner(head):
     i = head.landmark_index
     e = torch.zeros(1, head.expression_dim)

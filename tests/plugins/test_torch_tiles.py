@@ -62,8 +62,10 @@ def random_cameras(
     """Randomly rotated cameras looking at the origin from ``distance``, off-centre principal points."""
     g = torch.Generator().manual_seed(seed)
     w2c = torch.eye(4, dtype=torch.float64).repeat(batch, 1, 1)
-    w2c[:, :3, :3] = roma.unitquat_to_rotmat(torch.nn.functional.normalize(torch.randn(batch, 4, generator=g, dtype=torch.float64), dim=-1))
-    w2c[:, :3, 3] = torch.tensor([0.1, -0.05, distance], dtype=torch.float64) + 0.05 * torch.randn(batch, 3, generator=g, dtype=torch.float64)
+    quats = torch.randn(batch, 4, generator=g, dtype=torch.float64)
+    w2c[:, :3, :3] = roma.unitquat_to_rotmat(torch.nn.functional.normalize(quats, dim=-1))
+    shift = 0.05 * torch.randn(batch, 3, generator=g, dtype=torch.float64)
+    w2c[:, :3, 3] = torch.tensor([0.1, -0.05, distance], dtype=torch.float64) + shift
     k = torch.zeros(batch, 3, 3, dtype=torch.float64)
     k[:, 0, 0] = 1.1 * width * (1 + 0.1 * torch.rand(batch, generator=g, dtype=torch.float64))
     k[:, 1, 1] = 1.0 * width * (1 + 0.1 * torch.rand(batch, generator=g, dtype=torch.float64))
@@ -71,6 +73,12 @@ def random_cameras(
     k[:, 1, 2] = height * (0.35 + 0.3 * torch.rand(batch, generator=g, dtype=torch.float64))
     k[:, 2, 2] = 1.0
     return Camera(w2c.to(dtype), k.to(dtype), width, height)
+
+
+def project(gaussians: Gaussians, camera: Camera):
+    """``project_gaussians`` on the containers."""
+    g, c = gaussians, camera
+    return project_gaussians(g.means, g.quats, g.scales, c.world_to_camera, c.intrinsics, c.width, c.height)
 
 
 # -- oracles --------------------------------------------------------------------------------------
@@ -101,7 +109,9 @@ def brute_force(gaussians: Gaussians, camera: Camera, background=None):
     dtype = gaussians.means.dtype
     c = gaussians.channels
     bg = torch.zeros(c, dtype=dtype) if background is None else background.to(dtype)
-    ys, xs = torch.meshgrid(torch.arange(camera.height, dtype=dtype), torch.arange(camera.width, dtype=dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(camera.height, dtype=dtype), torch.arange(camera.width, dtype=dtype), indexing="ij"
+    )
     px, py = xs.reshape(-1) + 0.5, ys.reshape(-1) + 0.5  # [HW]
     feats, alphas, depths_out = [], [], []
     stats = {"stopped": 0, "clamped": 0}
@@ -198,7 +208,8 @@ def test_matches_brute_force_with_early_termination():
     pixels = torch.tensor([[5.5, 4.5], [12.5, 20.5], [20.5, 15.5], [27.5, 8.5], [33.5, 25.5], [8.5, 28.5]])
     k, w2c = camera.intrinsics[0], camera.world_to_camera[0]
     z = 1.2  # camera-space depth, in front of the scene (at about 2)
-    cam_xyz = torch.stack([(pixels[:, 0] - k[0, 2]) / k[0, 0] * z, (pixels[:, 1] - k[1, 2]) / k[1, 1] * z, torch.full((6,), z)], -1)
+    cam_xy = (pixels - k[:2, 2]) / torch.stack([k[0, 0], k[1, 1]]) * z  # back-projected at depth z
+    cam_xyz = torch.cat([cam_xy, torch.full((6, 1), z)], -1)
     front = random_gaussians(6, 3, seed=6, scale=(0.02, 0.04), opacity=(1.0, 1.0))
     front = front.replace(means=((cam_xyz - w2c[:3, 3]) @ w2c[:3, :3])[None])  # R^T (x - t)
     gaussians = Gaussians.cat([gaussians, front])
@@ -258,7 +269,8 @@ def test_gradcheck():
         gs = Gaussians(means, quats, scales, opacities, features)
         proj = project_gaussians(means, quats, scales, camera.world_to_camera, camera.intrinsics, 12, 12)
         assert bool(proj.valid.all())
-        ys, xs = torch.meshgrid(torch.arange(12, dtype=dtype) + 0.5, torch.arange(12, dtype=dtype) + 0.5, indexing="ij")
+        centres = torch.arange(12, dtype=dtype) + 0.5
+        ys, xs = torch.meshgrid(centres, centres, indexing="ij")
         dx = xs - proj.means2d[0, :, 0, None, None]  # [5, 12, 12]
         dy = ys - proj.means2d[0, :, 1, None, None]  # [5, 12, 12]
         a, b, c = (proj.conics[0, :, i, None, None] for i in range(3))
@@ -271,7 +283,8 @@ def test_gradcheck():
     mix = torch.randn(24, 4 * 12 * 12, generator=g, dtype=dtype)
 
     def render(means, quats, scales, opacities, features):
-        out = rasterize_tiles(Gaussians(means, quats, scales, opacities, features), camera, background, tile_size=8)
+        gs = Gaussians(means, quats, scales, opacities, features)
+        out = rasterize_tiles(gs, camera, background, tile_size=8)
         return mix @ torch.cat([out.features.reshape(-1), out.alpha.reshape(-1), out.depth.reshape(-1)])
 
     assert torch.autograd.gradcheck(render, (means, quats, scales, opacities, features), eps=1e-6, atol=1e-6)
@@ -313,7 +326,7 @@ def test_all_behind_the_camera_give_the_background():
 def test_huge_scales_cover_the_image():
     camera = random_cameras(1, seed=3)
     gaussians = random_gaussians(3, 3, seed=3, spread=0.1, scale=(20.0, 50.0), opacity=(0.3, 0.5))
-    proj = project_gaussians(gaussians.means, gaussians.quats, gaussians.scales, camera.world_to_camera, camera.intrinsics, W, H)
+    proj = project(gaussians, camera)
     assert int(proj.radii.min()) > 10 * W  # boxes far larger than the image
     render = rasterize_tiles(gaussians, camera, tile_size=8)
     expected = brute_force(gaussians, camera)
@@ -330,7 +343,7 @@ def test_zero_scales_make_one_pixel_blobs():
         opacities=torch.tensor([[0.9, 0.8]]),
         features=torch.ones(1, 2, 1),
     )
-    proj = project_gaussians(gaussians.means, gaussians.quats, gaussians.scales, camera.world_to_camera, camera.intrinsics, W, H)
+    proj = project(gaussians, camera)
     assert proj.radii.tolist() == [[[2, 2], [2, 2]]]  # ceil(3.33 * sqrt(0.3)) = 2
     render = rasterize_tiles(gaussians, camera)
     assert_render_close(render, brute_force(gaussians, camera))

@@ -257,13 +257,17 @@ class _Head:
         )
 
     def jaw_weight(self) -> np.ndarray:
-        """1 below the lip line and the jaw line rising to the jaw joint; 0 above and at the back."""
+        """1 below the lip line and the jaw line rising to the jaw joint, 0 above them.
+
+        Towards the back it fades out over 8 cm (z from 0.02 to -0.06 m) into the neck: a shorter
+        blend folds the triangles under the jaw when the mouth opens wide.
+        """
         zf = self.vertices[:, 2]
         # cut height: the mouth line at the front, rising to the jaw joint's height at the sides
         t = _smoothstep(zf, 0.0, 0.06)
         cut = JAW_JOINT[1] + (MOUTH_Y - JAW_JOINT[1]) * t
         below = _smoothstep(cut - self.y, 0.0, 0.007)
-        ahead = _smoothstep(zf, -0.03, 0.0)
+        ahead = _smoothstep(zf, -0.06, 0.02)  # a long blend into the neck: no folds when opening
         return below * ahead
 
 
@@ -337,13 +341,13 @@ def _build(config: ProceduralHeadConfig) -> dict:
     def field(dx=zeros, dy=zeros, dz=zeros):
         return np.stack([np.broadcast_to(c, (n_v,)) for c in (dx, dy, dz)], 1)
 
-    def corner(sign, radius=0.016):
+    def corner(sign, radius=0.023):  # mouth-corner region; zero before the midline (x = 0)
         return front * (x * sign > 0) * _plateau(
-            _ellipse_r(x, y, sign * MOUTH_HALF_WIDTH, MOUTH_Y, radius, radius)
+            _ellipse_r(x, y, sign * MOUTH_HALF_WIDTH, MOUTH_Y, radius, radius), inner=0.2
         )
 
     lips = front * _plateau(_ellipse_r(x, y, 0.0, MOUTH_Y, 0.032, 0.018), inner=0.4)
-    upper = _smoothstep(y - EYE_Y, -0.002, 0.003)  # the upper lid half of the eye window
+    upper = _smoothstep(y - EYE_Y, -0.003, 0.0)  # the upper lid half of the eye window
 
     exprs: dict[str, np.ndarray] = {}
     rel = v - np.asarray(JAW_JOINT)
@@ -356,8 +360,8 @@ def _build(config: ProceduralHeadConfig) -> dict:
     exprs["mouthPucker"] = field(-0.35 * x * lips, -0.2 * (y - MOUTH_Y) * lips, 0.008 * lips)
     for name, sign in (("Left", 1.0), ("Right", -1.0)):
         lid = head.eye_region(sign)
-        # upper lid folds down onto a line just below the eye centre; the lower lid rises a little
-        close = -(y - EYE_Y + 0.002) * lid * upper + 0.4 * (EYE_Y - y) * lid * (1.0 - upper)
+        # both lids close towards the eye centre line, keeping the vertices' order (no folds)
+        close = -0.95 * (y - EYE_Y) * lid * upper + 0.6 * (EYE_Y - y) * lid * (1.0 - upper)
         exprs[f"eyeBlink{name}"] = field(zeros, close, 0.002 * lid * upper)
         exprs[f"eyeWide{name}"] = field(zeros, 0.35 * (y - EYE_Y) * lid * upper, zeros)
     inner = front * _plateau(_ellipse_r(x, y, 0.0, BROW_Y, 0.032, 0.014))

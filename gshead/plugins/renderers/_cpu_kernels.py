@@ -43,6 +43,8 @@ T_MIN = F32(1e-4)  # a pixel stops once its transmittance would fall to this
 HALF = F32(0.5)
 ONE = F32(1.0)
 ZERO = F32(0.0)
+I0 = np.int32(0)
+I1 = np.int32(1)
 # Tiles are 16 x 16 pixels, fixed at compile time: a tile row is one AVX-512 register of float32
 # (two AVX2 ones), and constant offsets let LLVM vectorise the row passes without alias checks.
 TILE = 16
@@ -66,7 +68,7 @@ _SIGMA_CAP = F32(8.0)  # exp(-8) < 1/255: beyond it the value only has to stay b
 _E2, _E3, _E4, _E5, _E6, _E7 = (F32(1.0 / math.factorial(i)) for i in range(2, 8))
 
 
-@njit(inline="always", fastmath=_FM)
+@njit(inline="always", fastmath=_FM, error_model="numpy")
 def _exp_neg(sigma):
     """exp(-sigma) for sigma in [0, 8], branch-free (vectorisable); sigma is clamped to that range."""
     s = min(max(sigma, ZERO), _SIGMA_CAP)
@@ -89,7 +91,7 @@ def _exp_neg(sigma):
     return p
 
 
-@njit(cache=True, fastmath=_FM, parallel=True)
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def prepare(means2d, conics, opacities, depths, valid, width, height):
     """Bin Gaussians into tiles, sorted front to back within each tile.
 
@@ -106,7 +108,7 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
     rows = np.zeros((n, 2), np.int32)
     cnt = np.zeros(n, np.int32)
     params = np.zeros((n, _NPAR), np.float32)
-    for g in prange(n):
+    for g in range(n):  # serial: too little work to pay for waking a second thread
         o = opacities[g]
         if not (valid[g] and o >= ALPHA_MIN):
             continue
@@ -204,16 +206,51 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
 
 
 
-# Per-chunk scratch of the forward: one flat array, fields at constant offsets (no alias checks).
-_F_T = 0  # [NPX] transmittance
-_F_ALIVE = NPX  # [NPX] 1 while the pixel may still blend, 0 once stopped (or outside the image)
-_F_LAST = 2 * NPX  # [NPX] pairs up to and including the last blended one (float: exact below 2^24)
-_F_DEP = 3 * NPX  # [NPX] accumulated depth
-_F_W = 4 * NPX  # [TILE] blend weights of the current row
-_F_SIZE = 4 * NPX + TILE
+@njit(fastmath=_FM, error_model="numpy")
+def _blend_pixels(trans, alive, last, dep, weights, cx, cy, p0, p1, mx, my, a, b, c, o, z, count):
+    """One Gaussian over tile pixels ``p0 .. p1 - 1`` (whole rows, row-major), branch-free so
+    that LLVM vectorises it. ``trans``, ``alive`` (1 while the pixel may still blend, then 0),
+    ``last`` (pairs up to the last blended one) and ``dep`` are the tile's [NPX] planes, ``cx``
+    and ``cy`` its pixel centres; writes the blend weights into ``weights`` and returns (pixels
+    stopped, pixels blended). Everything stays 32-bit inside the loop (8 lanes per AVX2 register).
+
+    Whole rows, not one row at a time: LLVM vectorises with 4 interleaved registers, so a
+    16-iteration loop would run entirely in its scalar remainder."""
+    nstop = I0
+    nblend = I0
+    for p in range(p0, p1):
+        u = np.uint64(p)  # unsigned index: no negative-index wraparound, which blocks vectorisation
+        dx = mx - cx[u]
+        dy = my - cy[u]
+        sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+        alpha = min(ALPHA_MAX, o * _exp_neg(sigma))
+        tp = trans[u]
+        next_t = tp * (ONE - alpha)
+        ok = (sigma >= ZERO) & (alpha >= ALPHA_MIN) & (alive[u] != ZERO)
+        stop = ok & (next_t <= T_MIN)
+        blend = ok & (next_t > T_MIN)
+        w = alpha * tp if blend else ZERO
+        weights[u] = w
+        trans[u] = next_t if blend else tp
+        alive[u] = ZERO if stop else alive[u]
+        last[u] = count if blend else last[u]
+        dep[u] += z * w
+        nstop = np.int32(nstop + (I1 if stop else I0))  # int32 counters: int64 halves the lanes
+        nblend = np.int32(nblend + (I1 if blend else I0))
+    return nstop, nblend
 
 
-@njit(cache=True, fastmath=_FM, parallel=True)
+@njit(fastmath=_FM, error_model="numpy")
+def _accumulate(acc, features, g, weights, p0, p1):
+    """``acc[ch, p] += features[g, ch] * weights[p]`` over tile pixels ``p0 .. p1 - 1``."""
+    for ch in range(features.shape[1]):
+        f = features[g, ch]
+        for p in range(p0, p1):
+            u = np.uint64(p)
+            acc[ch, u] += f * weights[u]
+
+
+@njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
 def composite(
     params, rows, features, background, tile_start, ids, width, height, nthreads,
     out_image, out_alpha, out_depth, out_last, out_trans,
@@ -228,8 +265,14 @@ def composite(
     ntiles = tiles_x * tiles_y
     nchunk = max(1, min(nthreads, ntiles))
     for chunk in prange(nchunk):
-        st = np.empty(_F_SIZE, np.float32)
-        acc = np.empty(nch * NPX, np.float32)  # [C, TILE, TILE] accumulated features
+        trans = np.empty(NPX, np.float32)
+        alive = np.empty(NPX, np.float32)
+        last = np.empty(NPX, np.float32)  # float: exact below 2^24 pairs per tile
+        dep = np.empty(NPX, np.float32)
+        weights = np.empty(NPX, np.float32)
+        cx = np.empty(NPX, np.float32)  # pixel centres
+        cy = np.empty(NPX, np.float32)
+        acc = np.empty((nch, NPX), np.float32)
         live = np.empty(TILE, np.int64)  # pixels of each row still blending
         for tid in range(chunk, ntiles, nchunk):
             px0 = (tid % tiles_x) * TILE
@@ -237,94 +280,157 @@ def composite(
             ncols = min(TILE, width - px0)
             nrows = min(TILE, height - py0)
             for p in range(NPX):
-                inside = (p // TILE < nrows) & (p % TILE < ncols)
-                st[_F_T + p] = ONE
-                st[_F_ALIVE + p] = ONE if inside else ZERO
-                st[_F_LAST + p] = ZERO
-                st[_F_DEP + p] = ZERO
+                trans[p] = ONE
+                alive[p] = ONE if p % TILE < ncols and p // TILE < nrows else ZERO
+                last[p] = ZERO
+                dep[p] = ZERO
+                cx[p] = F32(px0 + p % TILE) + HALF
+                cy[p] = F32(py0 + p // TILE) + HALF
             acc[:] = ZERO
             for row in range(TILE):
                 live[row] = ncols if row < nrows else 0
-            active = ncols * nrows
+            first_live = 0
+            end_live = nrows
             s0 = tile_start[tid]
             for k in range(s0, tile_start[tid + 1]):
                 g = ids[k]
-                mx = params[g, _MX]
-                my = params[g, _MY]
-                a = params[g, _A]
-                b = params[g, _B]
-                c = params[g, _C]
-                o = params[g, _O]
-                z = params[g, _Z]
-                count = F32(k - s0 + 1)
-                for row in range(max(rows[g, 0] - py0, 0), min(rows[g, 1] - py0, nrows)):
-                    if live[row] == 0:
-                        continue
-                    dy = my - (F32(py0 + row) + HALF)
-                    cdy = c * dy * dy
-                    bdy = b * dy
-                    rb = row * TILE
-                    nstop = 0
-                    nblend = 0
-                    for j in range(TILE):  # branch-free: one vector register per row
-                        dx = mx - (F32(px0 + j) + HALF)
-                        sigma = HALF * (a * dx * dx + cdy) + bdy * dx
-                        alpha = min(ALPHA_MAX, o * _exp_neg(sigma))
-                        tp = st[_F_T + rb + j]
-                        next_t = tp * (ONE - alpha)
-                        ok = (sigma >= ZERO) & (alpha >= ALPHA_MIN) & (st[_F_ALIVE + rb + j] != ZERO)
-                        stop = ok & (next_t <= T_MIN)
-                        blend = ok & (next_t > T_MIN)
-                        w = alpha * tp if blend else ZERO
-                        st[_F_W + j] = w
-                        st[_F_T + rb + j] = next_t if blend else tp
-                        st[_F_ALIVE + rb + j] = ZERO if stop else st[_F_ALIVE + rb + j]
-                        st[_F_LAST + rb + j] = count if blend else st[_F_LAST + rb + j]
-                        st[_F_DEP + rb + j] += z * w
-                        nstop += 1 if stop else 0
-                        nblend += 1 if blend else 0
-                    if nstop:
-                        live[row] -= nstop
-                        active -= nstop
-                    if nblend:
-                        for ch in range(nch):
-                            f = features[g, ch]
-                            cb = ch * NPX + rb
-                            for j in range(TILE):
-                                acc[cb + j] += f * st[_F_W + j]
-                if active == 0:
-                    break
+                r0 = max(rows[g, 0] - py0, first_live)
+                r1 = min(rows[g, 1] - py0, end_live)
+                if r0 >= r1:
+                    continue
+                p0 = r0 * TILE
+                p1 = r1 * TILE
+                nstop, nblend = _blend_pixels(
+                    trans, alive, last, dep, weights, cx, cy, p0, p1,
+                    params[g, _MX], params[g, _MY], params[g, _A], params[g, _B], params[g, _C],
+                    params[g, _O], params[g, _Z], F32(k - s0 + 1),
+                )  # fmt: skip
+                if nblend:
+                    _accumulate(acc, features, g, weights, p0, p1)
+                if nstop:  # rare (once per pixel): recount the rows, trim the live row range
+                    for row in range(r0, r1):
+                        n_alive = 0
+                        for col in range(TILE):
+                            n_alive += 1 if alive[row * TILE + col] != ZERO else 0
+                        live[row] = n_alive
+                    while first_live < end_live and live[first_live] == 0:
+                        first_live += 1
+                    while end_live > first_live and live[end_live - 1] == 0:
+                        end_live -= 1
+                    if first_live == end_live:
+                        break
             for ch in range(nch):
                 bgc = background[ch]
                 for row in range(nrows):
                     for col in range(ncols):
-                        out_image[ch, py0 + row, px0 + col] = (
-                            acc[ch * NPX + row * TILE + col] + st[_F_T + row * TILE + col] * bgc
-                        )
+                        p = row * TILE + col
+                        out_image[ch, py0 + row, px0 + col] = acc[ch, p] + trans[p] * bgc
             for row in range(nrows):
                 for col in range(ncols):
                     p = row * TILE + col
-                    out_alpha[py0 + row, px0 + col] = ONE - st[_F_T + p]
-                    out_depth[py0 + row, px0 + col] = st[_F_DEP + p]
-                    out_last[py0 + row, px0 + col] = np.int32(st[_F_LAST + p])
-                    out_trans[py0 + row, px0 + col] = st[_F_T + p]
+                    out_alpha[py0 + row, px0 + col] = ONE - trans[p]
+                    out_depth[py0 + row, px0 + col] = dep[p]
+                    out_last[py0 + row, px0 + col] = np.int32(last[p])
+                    out_trans[py0 + row, px0 + col] = trans[p]
 
 
-# Per-chunk scratch of the backward, same idea: per-pixel planes, per-lane values of the current
-# row, per-lane gradient accumulators of the current Gaussian (summed over lanes once per tile).
-_B_T = 0  # [NPX] transmittance after the pairs not yet undone (starts at the final T)
-_B_TF = NPX  # [NPX] final transmittance
-_B_DB = 2 * NPX  # [NPX] depth accumulated behind the current pair
-_B_GA = 3 * NPX  # [NPX] incoming gradient of alpha
-_B_GD = 4 * NPX  # [NPX] incoming gradient of depth
-_B_LAST = 5 * NPX  # [NPX] pairs blended into the pixel (float)
-_L = 6 * NPX  # per-lane values of the current row, TILE each:
-_L_W, _L_TI, _L_IOM, _L_GAL, _L_AL, _L_V, _L_M = (_L + i * TILE for i in range(7))
-_ACC = _L + 7 * TILE  # per-lane accumulators, TILE each: mean x, mean y, conic a, b, c, opacity, depth
-_B_SIZE = _ACC + _GRAD_COLS * TILE
+_FM_SUM = {"contract", "reassoc"}  # for the gradient sums only: lets LLVM vectorise reductions
 
 
-@njit(cache=True, fastmath=_FM, parallel=True)
+@njit(fastmath=_FM, error_model="numpy")
+def _undo_pixels(trans, last, cx, cy, p0, p1, mx, my, a, b, c, o, kk, weights, inv_om, vis):
+    """Backward, step 1 for one Gaussian (pair ``kk`` of the tile) over pixels ``p0 .. p1 - 1``:
+    the same alphas as the forward; ``weights`` = alpha T_before where the pair was blended
+    (else 0), ``inv_om`` = 1 / (1 - alpha), ``vis`` = exp(-sigma). Returns the blended count."""
+    nvalid = I0
+    for p in range(p0, p1):
+        u = np.uint64(p)
+        dx = mx - cx[u]
+        dy = my - cy[u]
+        sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+        v = _exp_neg(sigma)
+        alpha = min(ALPHA_MAX, o * v)
+        valid = (sigma >= ZERO) & (alpha >= ALPHA_MIN) & (kk < last[u])
+        iom = ONE / (ONE - alpha)
+        weights[u] = alpha * (trans[u] * iom) if valid else ZERO
+        inv_om[u] = iom
+        vis[u] = v
+        nvalid = np.int32(nvalid + (I1 if valid else I0))
+    return nvalid
+
+
+@njit(fastmath=_FM, error_model="numpy")
+def _undo_channels(behind, gimg, trans, weights, gal, features, g, p0, p1):
+    """Backward, step 2: ``gal[p] = sum_ch G (T f - behind)`` (dL/dalpha = gal / (1 - alpha)
+    plus the alpha and depth terms), and move the pair's colour out of ``behind`` into ... the
+    running sum of what lies behind the next pair to undo."""
+    for p in range(p0, p1):
+        gal[np.uint64(p)] = ZERO
+    for ch in range(features.shape[1]):
+        f = features[g, ch]
+        for p in range(p0, p1):
+            u = np.uint64(p)
+            gp = gimg[ch, u]
+            bh = behind[ch, u]
+            gal[u] += gp * (trans[u] * f - bh)
+            behind[ch, u] = bh + f * weights[u]
+
+
+@njit(fastmath=_FM_SUM, error_model="numpy")
+def _feature_grads(out, gimg, weights, p0, p1):
+    """``out[ch] += sum_p weights[p] G[ch, p]``: dL/dfeatures of one pair."""
+    for ch in range(gimg.shape[0]):
+        total = ZERO
+        for p in range(p0, p1):
+            u = np.uint64(p)
+            total += weights[u] * gimg[ch, u]
+        out[ch] += total
+
+
+@njit(fastmath=_FM_SUM, error_model="numpy")
+def _undo_scalars(out, trans, tfin, dbehind, galpha, gdepth, weights, inv_om, vis, gal, cx, cy,
+                  p0, p1, mx, my, a, b, c, o, z):  # fmt: skip
+    """Backward, step 3: chain dL/dalpha (features, alpha and depth outputs) to the opacity,
+    sigma, 2D mean and conic; dL/ddepth; restore T before the pair. Adds to ``out[0:7]``."""
+    g_mx = ZERO
+    g_my = ZERO
+    g_a = ZERO
+    g_b = ZERO
+    g_c = ZERO
+    g_o = ZERO
+    g_z = ZERO
+    for p in range(p0, p1):
+        u = np.uint64(p)
+        w = weights[u]
+        valid = w > ZERO
+        iom = inv_om[u]
+        v = vis[u]
+        alpha = min(ALPHA_MAX, o * v)
+        ti = trans[u] * iom
+        g_alpha = (gal[u] + galpha[u] * tfin[u] + gdepth[u] * (trans[u] * z - dbehind[u])) * iom
+        g_z += w * gdepth[u]
+        dbehind[u] += z * w
+        trans[u] = ti if valid else trans[u]
+        free = valid & (o * v <= ALPHA_MAX)  # alpha not clamped: it depends on o and sigma
+        g_sigma = -alpha * g_alpha if free else ZERO
+        g_o += v * g_alpha if free else ZERO
+        dx = mx - cx[u]
+        dy = my - cy[u]
+        g_mx += g_sigma * (a * dx + b * dy)
+        g_my += g_sigma * (b * dx + c * dy)
+        g_a += g_sigma * dx * dx
+        g_b += g_sigma * dx * dy
+        g_c += g_sigma * dy * dy
+    out[0] += g_mx
+    out[1] += g_my
+    out[2] += HALF * g_a
+    out[3] += g_b
+    out[4] += HALF * g_c
+    out[5] += g_o
+    out[6] += g_z
+
+
+@njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
 def composite_backward(
     params, rows, features, background, tile_start, ids, width, height, nthreads,
     last_in, trans_in, grad_image, grad_alpha, grad_depth,
@@ -345,43 +451,66 @@ def composite_backward(
     grads = np.zeros((nchunk, n, ncol), np.float32)
     for chunk in prange(nchunk):
         gbuf = grads[chunk]
-        st = np.empty(_B_SIZE, np.float32)
-        behind = np.empty(nch * NPX, np.float32)  # [C, NPX] later pairs' f alpha T, plus T_final bg
-        gimg = np.empty(nch * NPX, np.float32)  # [C, NPX] incoming gradient of the image
-        gfl = np.empty(nch * TILE, np.float32)  # [C, TILE] per-lane feature gradients
+        trans = np.empty(NPX, np.float32)  # T after the pairs not yet undone (starts at final T)
+        tfin = np.empty(NPX, np.float32)
+        dbehind = np.empty(NPX, np.float32)  # depth blended behind the pair being undone
+        galpha = np.empty(NPX, np.float32)
+        gdepth = np.empty(NPX, np.float32)
+        last = np.empty(NPX, np.float32)
+        cx = np.empty(NPX, np.float32)
+        cy = np.empty(NPX, np.float32)
+        weights = np.empty(NPX, np.float32)
+        inv_om = np.empty(NPX, np.float32)
+        vis = np.empty(NPX, np.float32)
+        gal = np.empty(NPX, np.float32)
+        behind = np.empty((nch, NPX), np.float32)  # features blended behind, plus T_final bg
+        gimg = np.empty((nch, NPX), np.float32)
         rowlast = np.empty(TILE, np.int64)
         for tid in range(chunk, ntiles, nchunk):
             px0 = (tid % tiles_x) * TILE
             py0 = (tid // tiles_x) * TILE
             ncols = min(TILE, width - px0)
             nrows = min(TILE, height - py0)
-            st[_B_DB : _B_DB + NPX] = ZERO
-            st[_B_T : _B_T + NPX] = ONE
-            st[_B_TF : _B_TF + NPX] = ONE
-            st[_B_GA : _B_GA + 3 * NPX] = ZERO  # GA, GD, LAST
-            behind[:] = ZERO
+            trans[:] = ONE
+            tfin[:] = ONE
+            dbehind[:] = ZERO
+            galpha[:] = ZERO
+            gdepth[:] = ZERO
+            last[:] = ZERO
             gimg[:] = ZERO
             rowlast[:] = 0
+            for p in range(NPX):
+                cx[p] = F32(px0 + p % TILE) + HALF
+                cy[p] = F32(py0 + p // TILE) + HALF
             for row in range(nrows):
                 for col in range(ncols):
                     p = row * TILE + col
                     y = py0 + row
                     x = px0 + col
-                    tf = trans_in[y, x]
-                    st[_B_T + p] = tf
-                    st[_B_TF + p] = tf
-                    st[_B_GA + p] = grad_alpha[y, x]
-                    st[_B_GD + p] = grad_depth[y, x]
-                    st[_B_LAST + p] = F32(last_in[y, x])
+                    trans[p] = trans_in[y, x]
+                    tfin[p] = trans_in[y, x]
+                    galpha[p] = grad_alpha[y, x]
+                    gdepth[p] = grad_depth[y, x]
+                    last[p] = F32(last_in[y, x])
                     rowlast[row] = max(rowlast[row], last_in[y, x])
                     for ch in range(nch):
-                        behind[ch * NPX + p] = tf * background[ch]
-                        gimg[ch * NPX + p] = grad_image[ch, y, x]
-            st[_ACC:_B_SIZE] = ZERO
-            gfl[:] = ZERO
+                        gimg[ch, p] = grad_image[ch, y, x]
+            for ch in range(nch):
+                for p in range(NPX):
+                    behind[ch, p] = tfin[p] * background[ch]
             s0 = tile_start[tid]
             for kk in range(rowlast.max() - 1, -1, -1):
                 g = ids[s0 + kk]
+                r0 = max(rows[g, 0] - py0, 0)
+                r1 = min(rows[g, 1] - py0, nrows)
+                while r0 < r1 and rowlast[r0] <= kk:
+                    r0 += 1
+                while r1 > r0 and rowlast[r1 - 1] <= kk:
+                    r1 -= 1
+                if r0 >= r1:
+                    continue
+                p0 = r0 * TILE
+                p1 = r1 * TILE
                 mx = params[g, _MX]
                 my = params[g, _MY]
                 a = params[g, _A]
@@ -389,84 +518,17 @@ def composite_backward(
                 c = params[g, _C]
                 o = params[g, _O]
                 z = params[g, _Z]
-                kkf = F32(kk)
-                hit = 0
-                for row in range(max(rows[g, 0] - py0, 0), min(rows[g, 1] - py0, nrows)):
-                    if kk >= rowlast[row]:
-                        continue
-                    dy = my - (F32(py0 + row) + HALF)
-                    cdy = c * dy * dy
-                    bdy = b * dy
-                    rb = row * TILE
-                    nvalid = 0
-                    for j in range(TILE):  # alphas, exactly as in the forward
-                        dx = mx - (F32(px0 + j) + HALF)
-                        sigma = HALF * (a * dx * dx + cdy) + bdy * dx
-                        v = _exp_neg(sigma)
-                        alpha = min(ALPHA_MAX, o * v)
-                        valid = (sigma >= ZERO) & (alpha >= ALPHA_MIN) & (kkf < st[_B_LAST + rb + j])
-                        iom = ONE / (ONE - alpha)
-                        ti = st[_B_T + rb + j] * iom
-                        st[_L_W + j] = alpha * ti if valid else ZERO
-                        st[_L_TI + j] = ti
-                        st[_L_IOM + j] = iom
-                        st[_L_GAL + j] = ZERO
-                        st[_L_AL + j] = alpha
-                        st[_L_V + j] = v
-                        st[_L_M + j] = ONE if valid else ZERO
-                        nvalid += 1 if valid else 0
-                    if nvalid == 0:
-                        continue
-                    hit += nvalid
-                    for ch in range(nch):  # dL/dalpha through the channels; feature gradients
-                        f = features[g, ch]
-                        cb = ch * NPX + rb
-                        lb = ch * TILE
-                        for j in range(TILE):
-                            gp = gimg[cb + j]
-                            bh = behind[cb + j]
-                            w = st[_L_W + j]
-                            st[_L_GAL + j] += gp * (st[_L_TI + j] * f - bh * st[_L_IOM + j])
-                            gfl[lb + j] += w * gp
-                            behind[cb + j] = bh + f * w
-                    for j in range(TILE):  # alpha and depth outputs; chain to o, sigma, mean, conic
-                        p = rb + j
-                        valid = st[_L_M + j] != ZERO
-                        iom = st[_L_IOM + j]
-                        ti = st[_L_TI + j]
-                        w = st[_L_W + j]
-                        alpha = st[_L_AL + j]
-                        v = st[_L_V + j]
-                        g_alpha = (
-                            st[_L_GAL + j]
-                            + st[_B_GA + p] * st[_B_TF + p] * iom
-                            + st[_B_GD + p] * (ti * z - st[_B_DB + p] * iom)
-                        )
-                        st[_ACC + 6 * TILE + j] += w * st[_B_GD + p]
-                        st[_B_DB + p] += z * w
-                        st[_B_T + p] = ti if valid else st[_B_T + p]
-                        free = valid & (o * v <= ALPHA_MAX)  # alpha not clamped: depends on o, sigma
-                        g_sigma = -alpha * g_alpha if free else ZERO
-                        dx = mx - (F32(px0 + j) + HALF)
-                        st[_ACC + j] += g_sigma * (a * dx + bdy)
-                        st[_ACC + TILE + j] += g_sigma * (b * dx + c * dy)
-                        st[_ACC + 2 * TILE + j] += HALF * g_sigma * dx * dx
-                        st[_ACC + 3 * TILE + j] += g_sigma * dx * dy
-                        st[_ACC + 4 * TILE + j] += HALF * g_sigma * dy * dy
-                        st[_ACC + 5 * TILE + j] += v * g_alpha if free else ZERO
-                if hit:
-                    for col in range(_GRAD_COLS):
-                        total = ZERO
-                        for j in range(TILE):
-                            total += st[_ACC + col * TILE + j]
-                        gbuf[g, col] += total
-                    for ch in range(nch):
-                        total = ZERO
-                        for j in range(TILE):
-                            total += gfl[ch * TILE + j]
-                        gbuf[g, _GRAD_COLS + ch] += total
-                    st[_ACC:_B_SIZE] = ZERO
-                    gfl[:] = ZERO
+                nvalid = _undo_pixels(
+                    trans, last, cx, cy, p0, p1, mx, my, a, b, c, o, F32(kk), weights, inv_om, vis
+                )
+                if nvalid == 0:
+                    continue
+                _undo_channels(behind, gimg, trans, weights, gal, features, g, p0, p1)
+                _feature_grads(gbuf[g, _GRAD_COLS:], gimg, weights, p0, p1)
+                _undo_scalars(
+                    gbuf[g], trans, tfin, dbehind, galpha, gdepth, weights, inv_om, vis, gal, cx, cy,
+                    p0, p1, mx, my, a, b, c, o, z,
+                )  # fmt: skip
     out = grads[0]
     for i in prange(n):
         for chunk in range(1, nchunk):

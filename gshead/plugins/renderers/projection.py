@@ -159,7 +159,8 @@ def check_finite(
         ("Gaussians.features", gaussians.features),
     ]
     if camera is not None:
-        named += [("Camera.world_to_camera", camera.world_to_camera), ("Camera.intrinsics", camera.intrinsics)]
+        named.append(("Camera.world_to_camera", camera.world_to_camera))
+        named.append(("Camera.intrinsics", camera.intrinsics))
     if background is not None:
         named.append(("background", background))
     for name, tensor in named:
