@@ -155,7 +155,13 @@ def cmd_reenact(args) -> int:
     import torch
 
     from gshead.core.avatar_io import load_avatar
+    from gshead.core.errors import InputError
     from gshead.core.io import VideoWriter
+
+    if args.size is not None and not 16 <= args.size <= 4096:
+        raise InputError(f"--size {args.size}: expected a side between 16 and 4096 pixels")
+    if args.batch < 1:
+        raise InputError(f"--batch {args.batch}: expected at least 1 frame per step")
 
     torch.set_grad_enabled(False)
     loaded = load_avatar(args.avatar)

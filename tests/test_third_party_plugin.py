@@ -6,44 +6,28 @@ import json
 import os
 import subprocess
 import sys
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
 
 from gshead.testing import tiny_pipeline
 
-PLUGIN = '''
-"""A third-party encoder: one module plus one entry-point line."""
-from typing import Literal
-
-import torch
-
-from gshead import EncoderConfig, hookimpl
-from gshead.core.types import FeatureMaps
+REPO = Path(__file__).resolve().parents[1]
 
 
-class PoolConfig(EncoderConfig):
-    name: Literal["pool-encoder"] = "pool-encoder"
-    width: int = 6
-    """Feature channels."""
+def _readme_block(marker: str) -> str:
+    """The fenced code block of README.md whose first line is ``marker``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:python|toml)\n(.*?)```", text, flags=re.S)
+    return next(b for b in blocks if b.startswith(marker))
 
 
-class PoolEncoder(torch.nn.Module):
-    def __init__(self, config, context):
-        super().__init__()
-        self.proj = torch.nn.Conv2d(3, config.width, 1)
-        self.out_channels, self.global_channels = (config.width,), config.width
-
-    def forward(self, image):
-        local = self.proj(torch.nn.functional.avg_pool2d(image, 4))
-        return FeatureMaps(image=image, local=(local,), global_token=local.mean((2, 3)))
-
-
-@hookimpl
-def gshead_register_encoders(register):
-    register(PoolConfig, PoolEncoder)
-'''
+# The README's own example is what this test installs, so the docs cannot drift from the code.
+PLUGIN = _readme_block("# gshead_pool_plugin.py")
+ENTRY_POINTS = _readme_block("# pyproject.toml of the plugin package")
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +43,9 @@ def installed(tmp_path_factory):
             [project]
             name = "gshead-pool-plugin"
             version = "0.0.1"
-            [project.entry-points.gshead]
-            pool = "gshead_pool_plugin"
             """
-        ),
+        )
+        + ENTRY_POINTS,
         encoding="utf-8",
     )
     target = tmp_path_factory.mktemp("site")

@@ -111,7 +111,7 @@ def _gaussians(t: dict[str, Tensor]) -> Gaussians:
 def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAvatar:
     """Read an avatar file and rebuild its driver, rasterizer and refiner with their weights."""
     from gshead.core.config import validate_pipeline
-    from gshead.core.pipeline import _frozen_copy, build_component
+    from gshead.core.pipeline import frozen_copy, build_component
 
     path = Path(path)
     registry = registry or get_registry()
@@ -167,4 +167,4 @@ def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAva
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise AvatarFileError(f"{path}: {slot} weights do not fit {slot} {getattr(c, slot).name!r} ({first})") from None
-    return LoadedAvatar(_frozen_copy(avatar), config, head_model, **parts)
+    return LoadedAvatar(frozen_copy(avatar), config, head_model, **parts)

@@ -7,6 +7,7 @@ avatar, and enforces the contract (``gshead.core.contract``) as it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -117,7 +118,7 @@ class Pipeline:
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
         avatar = Avatar(static=static, rig=rig, source=source, camera=camera, provenance=provenance)
-        return _frozen_copy(avatar)
+        return frozen_copy(avatar)
 
     def session(self, avatar: Avatar, render_size: int | None = None, **kwargs) -> DrivingSession:
         """A driving session for ``avatar`` using this pipeline's driving components."""
@@ -142,14 +143,12 @@ def _version() -> str:
     return __version__
 
 
-def _frozen_copy(avatar: Avatar) -> Avatar:
+def frozen_copy(avatar: Avatar) -> Avatar:
     """Detached, contiguous copies of every tensor, so nothing outside can alias the avatar."""
 
     def fix(obj):
         if isinstance(obj, Tensor):
             return obj.detach().contiguous().clone()
-        import dataclasses
-
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and not isinstance(obj, Provenance):
             return dataclasses.replace(obj, **{f.name: fix(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
         return obj

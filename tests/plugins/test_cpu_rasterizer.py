@@ -1,0 +1,270 @@
+"""The numba ``cpu`` rasterizer against the pure-torch reference (``torch-tiles``).
+
+Forward images, alpha and depth must match ``rasterize_tiles`` to 1e-4; gradients must match
+the reference's autograd. Images are 40 x 36 so that the right and bottom tiles are partial.
+The first test in a fresh checkout compiles the numba kernels (~20 s, cached on disk after).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import roma
+import torch
+
+from gshead.core.components import BuildContext
+from gshead.core.errors import GsheadError, ShapeError
+from gshead.core.registry import Registry
+from gshead.core.types import Camera, Gaussians
+from gshead.plugins.renderers.cpu import CpuRasterizer, CpuRasterizerConfig, rasterize_cpu
+from gshead.plugins.renderers.torch_tiles import rasterize_tiles
+
+W, H = 40, 36
+ATOL = 1e-4
+
+
+def _load_scenes():
+    """The benchmarks' head-like scene builder (one definition of "head-like" for both)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("gshead_benchmark_scenes", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+head_scene = _load_scenes().head_scene
+
+
+def random_scene(n: int, channels: int, seed: int = 0, batch: int = 1, scale: float = 0.06):
+    """``n`` Gaussians scattered in front of a frontal camera, random shapes and opacities."""
+    g = torch.Generator().manual_seed(seed)
+    gaussians = Gaussians(
+        means=(torch.rand(batch, n, 3, generator=g) - 0.5) * torch.tensor([1.0, 1.0, 0.6]),
+        quats=torch.randn(batch, n, 4, generator=g),
+        scales=torch.rand(batch, n, 3, generator=g) * scale + 0.005,
+        opacities=torch.rand(batch, n, generator=g) * 0.95 + 0.05,
+        features=torch.rand(batch, n, channels, generator=g),
+    )
+    return gaussians, Camera.frontal(2.5, 30.0, W, H, batch_size=batch)
+
+
+def turned(camera: Camera, degrees: float) -> Camera:
+    """``camera`` looking at the scene rotated by ``degrees`` about the vertical axis."""
+    pose = torch.eye(4)
+    pose[:3, :3] = roma.rotvec_to_rotmat(torch.tensor([0.0, math.radians(degrees), 0.0]))
+    return camera.moved(pose[None])
+
+
+def assert_renders_match(got, want, atol=ATOL):
+    for field in ("features", "alpha", "depth"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.shape == b.shape, field
+        err = (a - b).abs().max().item()
+        assert err <= atol, f"{field}: max abs error {err:.2e} > {atol:.0e}"
+
+
+# -- forward ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3, 32])
+def test_forward_matches_reference_random(channels):
+    gaussians, camera = random_scene(400, channels, seed=channels)
+    background = torch.rand(channels, generator=torch.Generator().manual_seed(7))
+    got = rasterize_cpu(gaussians, camera, background)
+    want = rasterize_tiles(gaussians, camera, background)
+    assert_renders_match(got, want)
+    assert got.features.shape == (1, channels, H, W)
+    assert 0.2 < got.alpha.mean().item() < 0.999  # the scene covers part of the image
+
+
+@pytest.mark.parametrize("channels", [3, 32])
+def test_forward_matches_reference_head(channels):
+    gaussians, _, background = head_scene(3000, 64, channels, seed=1)
+    camera = Camera.frontal(0.6, 30.0, 64, 56)  # not a multiple of the tile size
+    got = rasterize_cpu(gaussians, camera, background)
+    want = rasterize_tiles(gaussians, camera, background)
+    assert_renders_match(got, want)
+    assert got.alpha.max().item() > 0.99  # the head is opaque in the middle
+
+
+def test_forward_batch_of_two_cameras():
+    gaussians, camera = random_scene(300, 4, seed=3, batch=2)
+    camera = Camera(
+        torch.cat([camera.world_to_camera[:1], turned(camera, 25.0).world_to_camera[1:]]),
+        camera.intrinsics,
+        W,
+        H,
+    )
+    background = torch.tensor([0.1, 0.5, 0.9, 0.3])
+    got = rasterize_cpu(gaussians, camera, background)
+    assert_renders_match(got, rasterize_tiles(gaussians, camera, background))
+    # each camera alone gives the same image as its row of the batch
+    for b in range(2):
+        one = Gaussians(*(t[b : b + 1] for t in gaussians.tensors().values()))
+        view = Camera(camera.world_to_camera[b : b + 1], camera.intrinsics[b : b + 1], W, H)
+        alone = rasterize_cpu(one, view, background)
+        assert torch.equal(alone.features[0], got.features[b])
+    assert not torch.allclose(got.features[0], got.features[1])  # the two views differ
+
+
+def test_forward_broadcasts_one_scene_to_many_cameras():
+    gaussians, camera = random_scene(200, 3, seed=4)
+    cameras = Camera(
+        torch.cat([camera.world_to_camera, turned(camera, -20.0).world_to_camera]),
+        camera.intrinsics.expand(2, 3, 3),
+        W,
+        H,
+    )
+    got = rasterize_cpu(gaussians, cameras)
+    assert got.features.shape == (2, 3, H, W)
+    assert_renders_match(got, rasterize_tiles(gaussians, cameras))
+
+
+def test_early_termination():
+    """A stack of opaque layers: most pixels stop at T <= 1e-4 before reaching the back layers."""
+    n_layers, per_layer = 12, 60
+    g = torch.Generator().manual_seed(5)
+    xy = (torch.rand(n_layers * per_layer, 2, generator=g) - 0.5) * 0.9
+    z = torch.linspace(-0.3, 0.3, n_layers).repeat_interleave(per_layer)[:, None]
+    n = n_layers * per_layer
+    gaussians = Gaussians(
+        means=torch.cat([xy, z], 1)[None],
+        quats=torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4),
+        scales=torch.full((1, n, 3), 0.08),
+        opacities=torch.full((1, n), 0.99),
+        features=torch.rand(1, n, 3, generator=g),
+    )
+    camera = Camera.frontal(2.5, 30.0, W, H)
+    got = rasterize_cpu(gaussians, camera)
+    assert_renders_match(got, rasterize_tiles(gaussians, camera))
+    stopped = (1.0 - got.alpha) <= 1e-3  # pixels whose next Gaussian would have crossed T_MIN
+    assert stopped.float().mean() > 0.5
+
+
+def test_float64_input_gives_float64_output():
+    gaussians, camera = random_scene(100, 3, seed=6)
+    double = Gaussians(*(t.double() for t in gaussians.tensors().values()))
+    got = rasterize_cpu(double, camera)
+    assert got.features.dtype == torch.float64
+    assert_renders_match(got, rasterize_cpu(gaussians, camera), atol=1e-6)
+
+
+# -- gradients ----------------------------------------------------------------------------------------
+def _grads(fn, gaussians, camera, background, seed=11):
+    leaves = [t.detach().clone().requires_grad_(True) for t in gaussians.tensors().values()]
+    bg = background.detach().clone().requires_grad_(True)
+    render = fn(Gaussians(*leaves), camera, bg)
+    g = torch.Generator().manual_seed(seed)
+    loss = (
+        (render.features * torch.randn(render.features.shape, generator=g)).sum()
+        + (render.alpha * torch.randn(render.alpha.shape, generator=g)).sum()
+        + (render.depth * torch.randn(render.depth.shape, generator=g)).sum()
+    )
+    loss.backward()
+    return dict(zip(["means", "quats", "scales", "opacities", "features"], [t.grad for t in leaves])) | {
+        "background": bg.grad
+    }
+
+
+@pytest.mark.parametrize("scene", ["random", "opaque"])
+def test_gradients_match_reference_autograd(scene):
+    gaussians, camera = random_scene(80, 3, seed=12, batch=2)
+    if scene == "opaque":  # many alphas clamped at 0.999 and early stops
+        gaussians = gaussians.replace(opacities=torch.full_like(gaussians.opacities, 1.0))
+    camera = Camera(
+        torch.cat([camera.world_to_camera[:1], turned(camera, 15.0).world_to_camera[1:]]),
+        camera.intrinsics,
+        W,
+        H,
+    )
+    background = torch.tensor([0.2, 0.4, 0.6])
+    got = _grads(rasterize_cpu, gaussians, camera, background)
+    want = _grads(rasterize_tiles, gaussians, camera, background)
+    for name, ref in want.items():
+        scale = ref.abs().max().item()
+        assert scale > 0, name  # the loss depends on every input
+        torch.testing.assert_close(got[name], ref, rtol=1e-3, atol=1e-3 * scale, msg=name)
+
+
+def test_gradient_flows_to_every_visible_gaussian():
+    gaussians, camera = random_scene(50, 2, seed=13)
+    features = gaussians.features.clone().requires_grad_(True)
+    rasterize_cpu(gaussians.replace(features=features), camera).features.sum().backward()
+    assert (features.grad.abs().sum(-1) > 0).float().mean() > 0.5
+
+
+# -- degenerate inputs --------------------------------------------------------------------------------
+def test_zero_gaussians_render_the_background():
+    gaussians, camera = random_scene(0, 3)
+    background = torch.tensor([0.1, 0.2, 0.3])
+    got = rasterize_cpu(gaussians, camera, background)
+    assert torch.equal(got.features[0], background[:, None, None].expand(3, H, W))
+    assert torch.count_nonzero(got.alpha) == 0 and torch.count_nonzero(got.depth) == 0
+
+
+def test_all_behind_the_camera():
+    gaussians, camera = random_scene(100, 3, seed=14)
+    behind = gaussians.replace(means=gaussians.means + torch.tensor([0.0, 0.0, 10.0]))  # camera at z=2.5
+    means = behind.means.clone().requires_grad_(True)
+    got = rasterize_cpu(behind.replace(means=means), camera)
+    assert torch.count_nonzero(got.alpha) == 0
+    got.features.sum().backward()
+    assert torch.count_nonzero(means.grad) == 0
+
+
+def test_huge_scales_cover_the_image():
+    gaussians, camera = random_scene(20, 3, seed=15)
+    big = gaussians.replace(scales=torch.full_like(gaussians.scales, 50.0))
+    got = rasterize_cpu(big, camera)
+    assert_renders_match(got, rasterize_tiles(big, camera))
+    assert got.alpha.min().item() > 0.5
+
+
+def test_zero_scales_still_draw_a_low_pass_dot():
+    gaussians, camera = random_scene(100, 3, seed=16)
+    dots = gaussians.replace(scales=torch.zeros_like(gaussians.scales))
+    got = rasterize_cpu(dots, camera)
+    assert_renders_match(got, rasterize_tiles(dots, camera))
+    assert 0 < got.alpha.mean().item() < 0.5
+
+
+@pytest.mark.parametrize("field", ["means", "quats", "scales", "opacities", "features"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_input_is_a_one_line_error(field, bad):
+    gaussians, camera = random_scene(30, 3)
+    tensor = getattr(gaussians, field).clone()
+    tensor.view(-1)[5] = bad
+    with pytest.raises(GsheadError, match=f"Gaussians.{field}") as info:
+        rasterize_cpu(gaussians.replace(**{field: tensor}), camera)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_background_shape():
+    gaussians, camera = random_scene(10, 3)
+    with pytest.raises(ShapeError, match="background"):
+        rasterize_cpu(gaussians, camera, torch.zeros(4))
+
+
+# -- component ----------------------------------------------------------------------------------------
+def test_registered_and_built_through_the_registry():
+    registry = Registry(builtin=["gshead.plugins.renderers.cpu"], autoload=False)
+    spec = registry.get("rasterizer", "cpu")
+    assert spec.config_class is CpuRasterizerConfig
+    rasterizer = spec.build(CpuRasterizerConfig(near_plane=0.5), BuildContext(feature_channels=3))
+    assert isinstance(rasterizer, CpuRasterizer) and isinstance(rasterizer, torch.nn.Module)
+    gaussians, camera = random_scene(100, 3, seed=17)
+    assert_renders_match(rasterizer(gaussians, camera), rasterize_tiles(gaussians, camera, near=0.5))
+
+
+def test_config_refuses_unknown_fields():
+    with pytest.raises(ValueError):
+        CpuRasterizerConfig(tile=8)
+
+
+def test_importing_compiles_nothing():
+    code = "import sys, gshead.plugins.renderers.cpu, gshead.plugins.renderers.auto; assert 'numba' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
