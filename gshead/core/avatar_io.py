@@ -20,7 +20,7 @@ from torch import Tensor
 
 from gshead.core.components import BuildContext
 from gshead.core.errors import AvatarFileError, ConfigError, GsheadError, PluginError
-from gshead.core.io import atomic_output
+from gshead.core.io import atomic_output, read_safetensors
 from gshead.core.registry import Registry, get_registry
 from gshead.core.types import (
     Avatar,
@@ -84,20 +84,7 @@ class LoadedAvatar:
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise AvatarFileError(f"{path}: no such avatar file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for bad headers and short files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AvatarFileError(
-            f"{path}: not a readable gshead avatar file ({reason}); it may be truncated or corrupt"
-        ) from None
-    return tensors, metadata
+    return read_safetensors(path, "gshead avatar file", AvatarFileError)
 
 
 def _take(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

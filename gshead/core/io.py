@@ -412,3 +412,24 @@ def _frames(path: Path, expected: int | None) -> Iterator[Tensor]:
         container.close()
     if expected is not None and count < expected:
         raise InputError(f"{path}: video ended after {count} of {expected} frames; the file looks truncated")
+
+
+# --------------------------------------------------------------------------------------------- safetensors
+
+
+def read_safetensors(path: str | Path, what: str, error: type[Exception] = InputError) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; ``error`` (one line naming ``what``)
+    when it is missing, truncated or not safetensors. Nothing is unpickled."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for bad headers and short files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{path}: not a readable {what} ({reason}); it may be truncated or corrupt") from None
+    return tensors, metadata

@@ -50,7 +50,7 @@ def demo_motion(head_model, frames: int = 100) -> HeadParams:
             expr[smile, i] = bump[smile]
 
     blink = phase == 2
-    closed = (torch.sin(2 * math.pi * 2 * local) ** 8).clamp(0, 1)  # two quick blinks
+    closed = (1.6 * torch.sin(2 * math.pi * 2 * local) ** 2).clamp(max=1)  # two blinks, held shut briefly
     for name in ("eyeBlinkLeft", "eyeBlinkRight"):
         if (i := _unit(names, name)) is not None:
             expr[blink, i] = closed[blink]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from gshead.core.errors import InputError
-from gshead.core.io import atomic_output
+from gshead.core.io import atomic_output, read_safetensors
 from gshead.core.types import Camera, HeadParams, _Container
 
 FORMAT = "gshead.sequence"
@@ -61,18 +61,8 @@ def save_sequence(path: str | Path, seq: TrackedSequence) -> None:
 
 def load_sequence(path: str | Path) -> TrackedSequence:
     """Read a sequence file; one-line InputError when it is missing, corrupt or not a sequence."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such tracked-sequence file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            t = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable tracked-sequence file ({reason})") from None
+    t, meta = read_safetensors(path, "tracked-sequence file")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise InputError(
             f"{path}: not a gshead tracked sequence (format {meta.get('format')!r} "

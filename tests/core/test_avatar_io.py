@@ -83,7 +83,7 @@ def test_truncated_file_fails_cleanly(made, registry, tmp_path):
 
 
 def test_missing_or_foreign_files(made, registry, tmp_path):
-    with pytest.raises(AvatarFileError, match="no such avatar file"):
+    with pytest.raises(AvatarFileError, match="no such gshead avatar file"):
         load_avatar(tmp_path / "nope.safetensors", registry)
     _, _, path = made
     foreign = tmp_path / "foreign.safetensors"

@@ -1,0 +1,146 @@
+"""Rasterizer speed and memory on head-like scenes (see conftest.py for the scenes).
+
+    python -m pytest benchmarks/test_rasterize.py --benchmark-enable
+
+(the repository's pytest options disable benchmarks by default; without ``--benchmark-enable``
+each benchmark runs once, as a smoke test). One group per scene: the ``torch-tiles`` reference
+forward (the baseline), ``cpu`` forward and ``cpu`` forward+backward. ``extra_info`` holds fps,
+the scene size and the speed-up over the reference. Peak memory of scene B is measured in a
+fresh subprocess (``ru_maxrss``, so numba and torch allocations count too).
+
+Targets on the project's 2-core machine: A forward <= 40 ms, B forward <= 200 ms, >= 10x the
+reference; B peak memory forward <= 2 GB, forward+backward <= 6 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gshead.core.types import Gaussians
+from gshead.plugins.renderers.cpu import rasterize_cpu
+from gshead.plugins.renderers.torch_tiles import rasterize_tiles
+
+from conftest import SCENES, head_scene  # noqa: E402  (benchmarks/ is on sys.path via rootdir)
+
+_reference_median: dict[str, float] = {}  # scene name -> seconds, filled by the reference benchmark
+
+
+def _describe(benchmark, scene, rasterizer: str) -> None:
+    benchmark.group = f"scene {scene.label}"
+    benchmark.extra_info.update(
+        rasterizer=rasterizer,
+        gaussians=scene.gaussians.count,
+        resolution=f"{scene.camera.width}x{scene.camera.height}",
+        channels=scene.gaussians.channels,
+        threads=torch.get_num_threads(),
+    )
+
+
+def _median(benchmark) -> float | None:
+    stats = getattr(benchmark, "stats", None)  # None when benchmarks are disabled
+    return stats.stats.median if stats is not None else None
+
+
+def _record_speed(benchmark, scene) -> None:
+    median = _median(benchmark)
+    if median is None:
+        return
+    benchmark.extra_info["fps"] = round(1.0 / median, 2)
+    reference = _reference_median.get(scene.name)
+    if reference is not None:
+        benchmark.extra_info["speedup_vs_reference_forward"] = round(reference / median, 1)
+
+
+def test_reference_forward(benchmark, scene):
+    _describe(benchmark, scene, "torch-tiles")
+    with torch.no_grad():
+        benchmark.pedantic(
+            rasterize_tiles, args=(scene.gaussians, scene.camera, scene.background), rounds=3, iterations=1
+        )
+    median = _median(benchmark)
+    if median is not None:
+        _reference_median[scene.name] = median
+        benchmark.extra_info["fps"] = round(1.0 / median, 2)
+
+
+def test_cpu_forward(benchmark, scene):
+    _describe(benchmark, scene, "cpu")
+    args = (scene.gaussians, scene.camera, scene.background)
+    with torch.no_grad():
+        rasterize_cpu(*args)  # load (or compile) the kernels outside the timing
+        benchmark.pedantic(rasterize_cpu, args=args, rounds=15, iterations=1, warmup_rounds=2)
+    _record_speed(benchmark, scene)
+
+
+def test_cpu_forward_backward(benchmark, scene):
+    _describe(benchmark, scene, "cpu")
+    leaves = [t.detach().clone().requires_grad_(True) for t in scene.gaussians.tensors().values()]
+    gaussians = Gaussians(*leaves)
+    g = torch.Generator().manual_seed(0)
+    size = (1, scene.gaussians.channels, scene.camera.height, scene.camera.width)
+    grad_features = torch.randn(size, generator=g)
+
+    def step():
+        for leaf in leaves:
+            leaf.grad = None
+        render = rasterize_cpu(gaussians, scene.camera, scene.background)
+        render.features.backward(grad_features)
+
+    step()
+    benchmark.pedantic(step, rounds=7, iterations=1, warmup_rounds=1)
+    assert leaves[0].grad is not None and leaves[0].grad.abs().sum() > 0
+    _record_speed(benchmark, scene)
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    sys.path.insert(0, {bench!r})
+    import torch
+    from conftest import head_scene
+    from gshead.core.types import Gaussians
+    from gshead.plugins.renderers.cpu import rasterize_cpu
+
+    def rss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+    small, cam, bg = head_scene(2000, 64, {channels})
+    rasterize_cpu(small, cam, bg).features.sum()  # load the kernels, warm the allocators
+    gaussians, camera, background = head_scene({count}, {size}, {channels})
+    if {backward}:
+        leaves = [t.detach().clone().requires_grad_(True) for t in gaussians.tensors().values()]
+        gaussians = Gaussians(*leaves)
+    before = rss()
+    render = rasterize_cpu(gaussians, camera, background)
+    if {backward}:
+        render.features.backward(torch.ones_like(render.features))
+    print(json.dumps({{"before": before, "peak": rss()}}))
+    """
+)
+
+
+@pytest.mark.parametrize("mode, limit_gb", [("forward", 2.0), ("forward+backward", 6.0)])
+def test_peak_memory_scene_b(mode, limit_gb, record_property):
+    count, size, channels = SCENES["B"]
+    script = _MEMORY_SCRIPT.format(
+        bench=str(Path(__file__).resolve().parent),
+        count=count,
+        size=size,
+        channels=channels,
+        backward=mode == "forward+backward",
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    peak_gb = result["peak"] / 1e9
+    added_gb = (result["peak"] - result["before"]) / 1e9
+    record_property("peak_rss_gb", round(peak_gb, 3))
+    record_property("added_by_render_gb", round(added_gb, 3))
+    print(f"\nscene B {mode}: peak RSS {peak_gb:.2f} GB (render added {added_gb:.2f} GB)")
+    assert peak_gb <= limit_gb
