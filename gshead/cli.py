@@ -42,10 +42,40 @@ def _field_rows(config_class) -> list[dict]:
     return rows
 
 
+VARIANT_FIELDS = ("variant", "size")
+"""Config fields whose Literal values ``plugins --params`` enumerates (one count per value)."""
+
+
+def _parameter_counts(spec) -> dict[str, int]:
+    """Parameter count per variant (or of the default config) for components whose factory
+    has ``parameter_count(config)`` (computed without allocating weights); else empty."""
+    import typing
+
+    count = getattr(spec.factory, "parameter_count", None)
+    if count is None:
+        return {}
+    cls = spec.config_class
+    for field in VARIANT_FIELDS:
+        info = cls.model_fields.get(field)
+        if info is not None and typing.get_origin(info.annotation) is typing.Literal:
+            return {str(v): int(count(cls(**{field: v}))) for v in typing.get_args(info.annotation)}
+    return {"default": int(count(cls()))}
+
+
 def cmd_plugins(args) -> int:
     from gshead.core.registry import get_registry
 
     specs = get_registry().all()
+    if args.params:
+        rows = [{"kind": s.kind, "name": s.name, "parameters": _parameter_counts(s)} for s in specs]
+        rows = [r for r in rows if r["parameters"]]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for r in rows:
+            for variant, n in r["parameters"].items():
+                print(f"{r['kind']:<10}  {r['name']:<10}  {variant:<10}  {n / 1e6:>10.2f} M")
+        return 0
     rows = [
         {
             "kind": s.kind,
@@ -189,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list registered components (kind, name, source, config fields)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--params", action="store_true", help="parameter counts per variant (no weights allocated)")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("config", help="pipeline config tools")

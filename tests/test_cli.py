@@ -58,6 +58,15 @@ def test_plugins_text_table(capsys):
     assert any(line.startswith("encoder") and "tiny-conv" in line and "[gshead]" in line for line in lines)
 
 
+def test_plugins_params_counts_every_encoder_variant_without_weights(capsys):
+    assert main(["plugins", "--params", "--json"]) == 0
+    rows = {r["name"]: r["parameters"] for r in json.loads(capsys.readouterr().out)}
+    assert 21e6 < rows["dinov2"]["vits14"] < 23e6 and 85e6 < rows["dinov2"]["vitb14"] < 88e6
+    assert rows["webssl"]["300m"] < rows["webssl"]["1b"] < rows["webssl"]["7b"]
+    assert main(["plugins", "--params"]) == 0
+    assert any("webssl" in line and "7b" in line for line in capsys.readouterr().out.splitlines())
+
+
 def test_config_schema_is_json_schema(capsys):
     assert main(["config", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

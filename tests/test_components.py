@@ -23,13 +23,13 @@ def _skip_without_cuda(spec):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}:{s.name}")
 def test_component_contract(spec):
     _skip_without_cuda(spec)
-    check_component(spec.kind, {"name": spec.name}, registry=REGISTRY)
+    check_component(spec.kind, {"name": spec.name, **spec.config_class.test_fields}, registry=REGISTRY)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}:{s.name}")
 def test_component_in_a_pipeline(spec):
     _skip_without_cuda(spec)
-    check_pipeline(registry=REGISTRY, **{spec.kind: {"name": spec.name}})
+    check_pipeline(registry=REGISTRY, **{spec.kind: {"name": spec.name, **spec.config_class.test_fields}})
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}:{s.name}")

@@ -29,6 +29,7 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     kind: ClassVar[Kind]
     requires_cuda: ClassVar[bool] = False  # True for components that only run on CUDA tensors
+    test_fields: ClassVar[dict[str, Any]] = {}  # small settings for contract tests (e.g. a tiny variant)
     name: str
 
 

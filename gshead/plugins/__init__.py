@@ -8,6 +8,8 @@ kind; the module is imported only when the registry first loads.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "gshead.plugins.headmodels.procedural",
     "gshead.plugins.encoders.tiny_conv",
+    "gshead.plugins.encoders.dinov2",
+    "gshead.plugins.encoders.webssl",
     "gshead.plugins.lifters.single_plane",
     "gshead.plugins.drivers.mesh_bound",
     "gshead.plugins.renderers.torch_tiles",

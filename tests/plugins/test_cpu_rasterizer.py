@@ -153,6 +153,41 @@ def test_float64_input_gives_float64_output():
     assert_renders_match(got, rasterize_cpu(gaussians, camera), atol=1e-6)
 
 
+def test_numba_projection_matches_torch_projection():
+    """Renders without gradients use the numba ``project`` kernel instead of ``project_gaussians``."""
+    from gshead.plugins.renderers import _cpu_kernels as K
+    from gshead.plugins.renderers.projection import project_gaussians
+
+    gaussians, camera = random_scene(500, 3, seed=8)
+    means = gaussians.means.clone()
+    means[0, :40, 2] += 3.0  # behind the camera (camera at z = 2.5 looking down -z)
+    means[0, 40:80, 0] += 5.0  # far off to the side: culled
+    quats = gaussians.quats.clone()
+    quats[0, 80:90] = 0.0  # zero quaternion: identity rotation
+    camera = turned(camera, 10.0)
+    want = project_gaussians(means, quats, gaussians.scales, camera.world_to_camera, camera.intrinsics, W, H)
+    means2d, conics, depths, valid = K.project(
+        means[0].numpy(), quats[0].numpy(), gaussians.scales[0].numpy(),
+        camera.world_to_camera[0].numpy(), camera.intrinsics[0].numpy(), W, H, 0.01, 0.3,
+    )  # fmt: skip
+    assert torch.equal(torch.from_numpy(valid), want.valid[0])
+    assert not want.valid[0, :80].any() and want.valid[0, 80:].float().mean() > 0.9
+    v = want.valid[0]
+    torch.testing.assert_close(torch.from_numpy(means2d)[v], want.means2d[0][v], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(conics)[v], want.conics[0][v], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(depths), want.depths[0], rtol=1e-6, atol=1e-6)
+
+
+def test_with_and_without_gradients_render_the_same():
+    gaussians, camera = random_scene(300, 3, seed=9)
+    with torch.no_grad():
+        plain = rasterize_cpu(gaussians, camera)
+    means = gaussians.means.clone().requires_grad_(True)
+    tracked = rasterize_cpu(gaussians.replace(means=means), camera)
+    assert tracked.features.requires_grad and not plain.features.requires_grad
+    assert_renders_match(plain, tracked, atol=1e-5)
+
+
 # -- gradients ----------------------------------------------------------------------------------------
 def _grads(fn, gaussians, camera, background, seed=11):
     leaves = [t.detach().clone().requires_grad_(True) for t in gaussians.tensors().values()]
@@ -266,5 +301,8 @@ def test_config_refuses_unknown_fields():
 
 
 def test_importing_compiles_nothing():
-    code = "import sys, gshead.plugins.renderers.cpu, gshead.plugins.renderers.auto; assert 'numba' not in sys.modules"
+    code = (
+        "import sys, gshead.plugins.renderers.cpu, gshead.plugins.renderers.auto; "
+        "assert 'numba' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ _OBTAIN = (
 class FlameHeadConfig(HeadModelConfig):
     """The FLAME head model (300 identity, 100 expression coefficients), from the user's file."""
 
-    name: str = "flame"
+    name: Literal["flame"] = "flame"
     path: str | None = None
     """FLAME file: ``generic_model.pkl`` (2020), ``flame2023.pkl`` or GAGAvatar's ``FLAME_with_eye.pt``;
     default (None): the environment variable GSHEAD_FLAME_PATH."""

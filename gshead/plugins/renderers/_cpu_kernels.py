@@ -97,7 +97,7 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
 
     Returns ``tile_start [T+1]`` int64 (the pairs of tile t are ``ids[tile_start[t]:tile_start[t+1]]``),
     ``ids [P]`` int32, ``params [N, 10]`` float32 (per-Gaussian constants of the composite) and
-    ``rows [N, 2]`` int32 (first and past-the-last pixel row a Gaussian can reach). Ties in depth
+    ``pbox [N, 4]`` int32 (pixel box a Gaussian can reach: rows y0..y1-1, columns x0..x1-1). Ties in depth
     keep the Gaussians' index order (the radix sort is stable).
     """
     n = means2d.shape[0]
@@ -105,7 +105,7 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
     tiles_y = (height + TILE - 1) // TILE
     ntiles = tiles_x * tiles_y
     box = np.zeros((n, 4), np.int32)  # tile box: x0, x1, y0, y1 (exclusive ends)
-    rows = np.zeros((n, 2), np.int32)
+    pbox = np.zeros((n, 4), np.int32)
     cnt = np.zeros(n, np.int32)
     params = np.zeros((n, _NPAR), np.float32)
     for g in range(n):  # serial: too little work to pay for waking a second thread
@@ -135,8 +135,10 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
         box[g, 2] = y0 // TILE
         box[g, 3] = (y1 - 1) // TILE + 1
         cnt[g] = (box[g, 1] - box[g, 0]) * (box[g, 3] - box[g, 2])
-        rows[g, 0] = y0
-        rows[g, 1] = y1
+        pbox[g, 0] = y0
+        pbox[g, 1] = y1
+        pbox[g, 2] = x0
+        pbox[g, 3] = x1
         params[g, _MX] = means2d[g, 0]
         params[g, _MY] = means2d[g, 1]
         params[g, _A] = conics[g, 0]
@@ -201,7 +203,7 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
                 t = ty * tiles_x + tx
                 ids[fill[t]] = g
                 fill[t] += 1
-    return tile_start, ids, params, rows
+    return tile_start, ids, params, pbox
 
 
 
@@ -252,7 +254,7 @@ def _accumulate(acc, features, g, weights, p0, p1):
 
 @njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
 def composite(
-    params, rows, features, background, tile_start, ids, width, height, nthreads,
+    params, pbox, features, background, tile_start, ids, width, height, nthreads,
     out_image, out_alpha, out_depth, out_last, out_trans,
 ):  # fmt: skip
     """Blend each tile's Gaussians front to back into ``out_image [C, H, W]``, ``out_alpha``
@@ -294,12 +296,13 @@ def composite(
             s0 = tile_start[tid]
             for k in range(s0, tile_start[tid + 1]):
                 g = ids[k]
-                r0 = max(rows[g, 0] - py0, first_live)
-                r1 = min(rows[g, 1] - py0, end_live)
+                r0 = max(pbox[g, 0] - py0, first_live)
+                r1 = min(pbox[g, 1] - py0, end_live)
                 if r0 >= r1:
                     continue
-                p0 = r0 * TILE
-                p1 = r1 * TILE
+                # whole rows, except before the box's first column and after its last
+                p0 = r0 * TILE + max(pbox[g, 2] - px0, 0)
+                p1 = (r1 - 1) * TILE + min(pbox[g, 3] - px0, ncols)
                 nstop, nblend = _blend_pixels(
                     trans, alive, last, dep, weights, cx, cy, p0, p1,
                     params[g, _MX], params[g, _MY], params[g, _A], params[g, _B], params[g, _C],
@@ -432,7 +435,7 @@ def _undo_scalars(out, trans, tfin, dbehind, galpha, gdepth, weights, inv_om, vi
 
 @njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
 def composite_backward(
-    params, rows, features, background, tile_start, ids, width, height, nthreads,
+    params, pbox, features, background, tile_start, ids, width, height, nthreads,
     last_in, trans_in, grad_image, grad_alpha, grad_depth,
 ):  # fmt: skip
     """Gradients w.r.t. each Gaussian's 2D mean, conic, opacity, depth and features.
@@ -501,16 +504,16 @@ def composite_backward(
             s0 = tile_start[tid]
             for kk in range(rowlast.max() - 1, -1, -1):
                 g = ids[s0 + kk]
-                r0 = max(rows[g, 0] - py0, 0)
-                r1 = min(rows[g, 1] - py0, nrows)
+                r0 = max(pbox[g, 0] - py0, 0)
+                r1 = min(pbox[g, 1] - py0, nrows)
                 while r0 < r1 and rowlast[r0] <= kk:
                     r0 += 1
                 while r1 > r0 and rowlast[r1 - 1] <= kk:
                     r1 -= 1
                 if r0 >= r1:
                     continue
-                p0 = r0 * TILE
-                p1 = r1 * TILE
+                p0 = r0 * TILE + max(pbox[g, 2] - px0, 0)
+                p1 = (r1 - 1) * TILE + min(pbox[g, 3] - px0, ncols)
                 mx = params[g, _MX]
                 my = params[g, _MY]
                 a = params[g, _A]
@@ -535,3 +538,99 @@ def composite_backward(
             for col in range(ncol):
                 out[i, col] += grads[chunk, i, col]
     return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def project(means, quats, scales, world_to_camera, intrinsics, width, height, near, eps2d):
+    """Forward-only projection of one camera's Gaussians: the same formulas, in the same order
+    of operations where it matters, as ``projection.project_gaussians`` (see its docstring), for
+    renders that need no gradient. Returns ``means2d [N, 2]``, ``conics [N, 3]``, ``depths [N]``
+    float32 and ``valid [N]`` bool."""
+    n = means.shape[0]
+    means2d = np.zeros((n, 2), np.float32)
+    conics = np.zeros((n, 3), np.float32)
+    depths = np.zeros(n, np.float32)
+    valid = np.zeros(n, np.bool_)
+    rc = world_to_camera[:3, :3]
+    fx = intrinsics[0, 0]
+    fy = intrinsics[1, 1]
+    cx = intrinsics[0, 2]
+    cy = intrinsics[1, 2]
+    tan_fovx = HALF * F32(width) / fx
+    tan_fovy = HALF * F32(height) / fy
+    lim = F32(0.3)
+    u_lo = -(cx / fx + lim * tan_fovx)
+    u_hi = (F32(width) - cx) / fx + lim * tan_fovx
+    v_lo = -(cy / fy + lim * tan_fovy)
+    v_hi = (F32(height) - cy) / fy + lim * tan_fovy
+    rot = np.empty((3, 3), np.float32)
+    m = np.empty((3, 3), np.float32)
+    cov = np.empty((3, 3), np.float32)
+    tmp = np.empty((3, 3), np.float32)
+    covc = np.empty((3, 3), np.float32)
+    for g in range(n):
+        t0 = rc[0, 0] * means[g, 0] + rc[0, 1] * means[g, 1] + rc[0, 2] * means[g, 2] + world_to_camera[0, 3]
+        t1 = rc[1, 0] * means[g, 0] + rc[1, 1] * means[g, 1] + rc[1, 2] * means[g, 2] + world_to_camera[1, 3]
+        t2 = rc[2, 0] * means[g, 0] + rc[2, 1] * means[g, 1] + rc[2, 2] * means[g, 2] + world_to_camera[2, 3]
+        depths[g] = t2
+        if not t2 > near:
+            continue
+        qw = quats[g, 0]
+        qx = quats[g, 1]
+        qy = quats[g, 2]
+        qz = quats[g, 3]
+        norm = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), F32(1e-12))
+        qw /= norm
+        qx /= norm
+        qy /= norm
+        qz /= norm
+        rot[0, 0] = ONE - F32(2) * (qy * qy + qz * qz)
+        rot[0, 1] = F32(2) * (qx * qy - qw * qz)
+        rot[0, 2] = F32(2) * (qx * qz + qw * qy)
+        rot[1, 0] = F32(2) * (qx * qy + qw * qz)
+        rot[1, 1] = ONE - F32(2) * (qx * qx + qz * qz)
+        rot[1, 2] = F32(2) * (qy * qz - qw * qx)
+        rot[2, 0] = F32(2) * (qx * qz - qw * qy)
+        rot[2, 1] = F32(2) * (qy * qz + qw * qx)
+        rot[2, 2] = ONE - F32(2) * (qx * qx + qy * qy)
+        for i in range(3):
+            for j in range(3):
+                m[i, j] = rot[i, j] * scales[g, j]
+        for i in range(3):
+            for j in range(3):
+                cov[i, j] = m[i, 0] * m[j, 0] + m[i, 1] * m[j, 1] + m[i, 2] * m[j, 2]
+        for i in range(3):
+            for j in range(3):
+                tmp[i, j] = rc[i, 0] * cov[0, j] + rc[i, 1] * cov[1, j] + rc[i, 2] * cov[2, j]
+        for i in range(3):
+            for j in range(3):
+                covc[i, j] = tmp[i, 0] * rc[j, 0] + tmp[i, 1] * rc[j, 1] + tmp[i, 2] * rc[j, 2]
+        u = min(max(t0 / t2, u_lo), u_hi)
+        v = min(max(t1 / t2, v_lo), v_hi)
+        tx = t2 * u
+        ty = t2 * v
+        j00 = fx / t2
+        j02 = -fx * tx / (t2 * t2)
+        j11 = fy / t2
+        j12 = -fy * ty / (t2 * t2)
+        # cov2d = J covc J^T with J = [[j00, 0, j02], [0, j11, j12]]
+        a0 = j00 * covc[0, 0] + j02 * covc[2, 0]
+        a1 = j00 * covc[0, 1] + j02 * covc[2, 1]
+        a2 = j00 * covc[0, 2] + j02 * covc[2, 2]
+        b1 = j11 * covc[1, 1] + j12 * covc[2, 1]
+        b2 = j11 * covc[1, 2] + j12 * covc[2, 2]
+        s00 = a0 * j00 + a2 * j02 + eps2d
+        s01 = a1 * j11 + a2 * j12
+        s11 = b1 * j11 + b2 * j12 + eps2d
+        det = max(s00 * s11 - s01 * s01, F32(1e-10))
+        mx = fx * t0 / t2 + cx
+        my = fy * t1 / t2 + cy
+        means2d[g, 0] = mx
+        means2d[g, 1] = my
+        conics[g, 0] = s11 / det
+        conics[g, 1] = -s01 / det
+        conics[g, 2] = s00 / det
+        rx = math.ceil(F32(3.33) * math.sqrt(s00))
+        ry = math.ceil(F32(3.33) * math.sqrt(s11))
+        valid[g] = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+    return means2d, conics, depths, valid

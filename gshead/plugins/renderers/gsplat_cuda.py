@@ -52,7 +52,9 @@ def rasterize_gsplat(
     try:
         from gsplat import rasterization
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise GsheadError(f"gsplat rasterizer: cannot import gsplat ({exc}); pip install 'gshead[cuda]'") from None
+        raise GsheadError(
+            f"gsplat rasterizer: cannot import gsplat ({exc}); pip install 'gshead[cuda]'"
+        ) from None
 
     gaussians, camera = _broadcast(gaussians, camera)
     channels = gaussians.channels

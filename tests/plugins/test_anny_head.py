@@ -1,0 +1,213 @@
+"""``anny-head``: the conversion against Anny's own output, expressions by geometry, the cache.
+
+One converted model is shared by the module (built into a cache folder made once per session);
+Anny itself caches its model data under ``$ANNY_CACHE_DIR`` (default ``~/.cache/anny``), so only the
+very first run on a machine pays Anny's one-time build (minutes); later runs take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+import pytest
+import roma
+import torch
+
+anny = pytest.importorskip("anny", reason="anny-head needs the 'anny' package (pip install anny)")
+
+from anny.models.facial_actions import FACIAL_ACTION_LABELS  # noqa: E402
+
+from gshead.core.registry import Registry  # noqa: E402
+from gshead.core.types import HeadParams  # noqa: E402
+from gshead.plugins.headmodels import anny_head  # noqa: E402
+from gshead.plugins.headmodels.anny_head import AXES, AnnyHeadConfig, AnnyHeadModel  # noqa: E402
+from gshead.testing import check_component  # noqa: E402
+
+TOL = 2e-5  # metres: float32 evaluation of ~0.2 m coordinates against Anny's float64
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("gshead-cache")
+
+
+@pytest.fixture(scope="module")
+def anny_model():
+    return anny_head.build_anny()
+
+
+@pytest.fixture(scope="module")
+def head(cache):
+    start = time.perf_counter()
+    model = AnnyHeadModel(AnnyHeadConfig(cache_dir=str(cache)))
+    model.build_seconds = time.perf_counter() - start
+    return model
+
+
+def params_for(model, expression: dict[str, float] | None = None, jaw=(0.0, 0.0, 0.0), eyes=(0.0,) * 6):
+    p = model.neutral(1)
+    expr = p.expression.clone()
+    for name, value in (expression or {}).items():
+        expr[0, model.expression_index(name)] = value
+    return p.replace(
+        expression=expr,
+        jaw=torch.tensor([jaw], dtype=torch.float32),
+        eyes=torch.tensor([eyes], dtype=torch.float32),
+    )
+
+
+def anny_vertices(anny_model, head, expression=None, jaw=None, eyes=None) -> np.ndarray:
+    """Anny's own posed vertices, in our axes; rotations given in our axes are mapped to Anny's."""
+    rest = anny_model(facial_actions=expression)
+    pose = {"root": rest["rest_bone_poses"][:, 0]}  # keep Anny's rest space (no root re-centring)
+    axes = torch.tensor(AXES, dtype=torch.float64)
+    for bone, rotvec in (("jaw", jaw), ("eye.L", None if eyes is None else eyes[:3]), ("eye.R", None if eyes is None else eyes[3:])):
+        if rotvec is not None:
+            r = roma.rotvec_to_rotmat(torch.tensor(rotvec, dtype=torch.float64))
+            delta = torch.eye(4, dtype=torch.float64)[None].clone()
+            delta[0, :3, :3] = axes.T @ r @ axes
+            pose[bone] = delta
+    out = anny_model(pose_parameters=pose, facial_actions=expression)
+    centre = np.asarray(head.conversion["centre_anny"])
+    return (out["vertices"][0].detach().numpy() - centre) @ AXES.T
+
+
+def lmk(model, mesh, name):
+    return mesh.landmarks[0, model.landmark_index(name)]
+
+
+# --------------------------------------------------------------------------------------------- tests
+def test_layout_units_and_names(head):
+    assert head.num_vertices == 4538 and head.faces.shape == (9014, 3)
+    assert head.expression_names == tuple(FACIAL_ACTION_LABELS)
+    assert len(head.expression_names) == 52 and "jawOpen" in head.expression_names
+    assert head.joint_names == ("root", "neck", "jaw", "eye_left", "eye_right")
+    assert head.identity_dim == len(head.identity_names) > 200
+    assert head.identity_names[:6] == ("gender", "age", "muscle", "weight", "height", "proportions")
+    assert not any(n.startswith(("l-upperarm", "l-foot", "torso", "hip")) for n in head.identity_names)
+    mesh = head(head.neutral())
+    eye_l, eye_r = mesh.joints[0, 3], mesh.joints[0, 4]
+    # metres, y up, z out of the face, subject's left at +x, eyes at (±x, 0.025, 0.075)
+    torch.testing.assert_close(eye_l[1:], torch.tensor([0.025, 0.075]), atol=1e-5, rtol=0)
+    assert eye_l[0] > 0.02 and torch.allclose(eye_r, eye_l * torch.tensor([-1.0, 1, 1]), atol=1e-5)
+    width = head.template[:, 0].max() - head.template[:, 0].min()
+    assert 0.13 < width < 0.2
+    nose = lmk(head, mesh, "nose_tip")
+    assert nose[2] > 0.1 and abs(nose[0]) < 1e-3 and nose[1] < eye_l[1]
+    assert lmk(head, mesh, "chin")[1] < lmk(head, mesh, "lower_lip")[1] < lmk(head, mesh, "upper_lip")[1] < nose[1]
+    # the conversion's own error report
+    assert head.conversion["regressor_residual_m"] < 1e-5
+    assert head.conversion["phenotype_linearity_error_m"]["gender"]["1"] < 1e-6
+
+
+@pytest.mark.parametrize(
+    "expression, jaw, eyes",
+    [
+        ({"jawOpen": 1.0}, None, None),
+        ({"eyeBlinkLeft": 1.0, "mouthSmileRight": 0.5, "browInnerUp": 0.7}, None, None),
+        ({"jawOpen": 0.4, "mouthFunnel": 0.3}, (0.25, 0.03, -0.02), None),
+        (None, None, (0.2, -0.3, 0.0, 0.1, 0.25, 0.05)),
+    ],
+)
+def test_matches_anny(head, anny_model, expression, jaw, eyes):
+    ours = head(
+        params_for(head, expression, jaw or (0.0, 0.0, 0.0), eyes or (0.0,) * 6)
+    ).vertices[0].double().numpy()
+    theirs = anny_vertices(anny_model, head, expression, jaw, eyes)
+    moved = np.abs(theirs - head.template.double().numpy()).max()
+    assert moved > 1e-3  # the setting does something
+    np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+
+
+def test_identity_columns_match_anny(head, anny_model):
+    centre_of = lambda out: 0.5 * (  # noqa: E731 - identity settings are re-centred on their eyes
+        out["rest_bone_heads"][0, anny_model.bone_labels.index("eye.L")]
+        + out["rest_bone_heads"][0, anny_model.bone_labels.index("eye.R")]
+    ).numpy() + anny_head.CENTRE_FROM_EYES
+
+    def anny_ours(**kwargs):
+        out = anny_model(**kwargs)
+        return (out["rest_vertices"][0].numpy() - centre_of(out)) @ AXES.T
+
+    def ours(**coeffs):
+        p = head.neutral(1)
+        ident = p.identity.clone()
+        for name, value in coeffs.items():
+            ident[0, head.identity_names.index(name)] = value
+        return head(p.replace(identity=ident)).vertices[0].double().numpy()
+
+    label = "nose-scale-vert-incr"
+    # local changes are exact: +0.6 on the label, -0.6 through its ".neg" column
+    np.testing.assert_allclose(ours(**{label: 0.6}), anny_ours(local_changes_kwargs={label: 0.6}), atol=TOL)
+    np.testing.assert_allclose(ours(**{label + ".neg": 0.6}), anny_ours(local_changes_kwargs={label: -0.6}), atol=TOL)
+    # gender is linear in Anny: exact; age is linearised: within 1 cm at 0.75 (documented)
+    np.testing.assert_allclose(ours(gender=1.0), anny_ours(phenotype_kwargs={"gender": 1.0}), atol=TOL)
+    err = np.abs(ours(age=0.5) - anny_ours(phenotype_kwargs={"age": 0.75})).max()
+    assert err < 0.01
+
+
+def test_jaw_open_opens_the_mouth(head):
+    neutral = head(head.neutral())
+    gap0 = lmk(head, neutral, "upper_lip")[1] - lmk(head, neutral, "lower_lip")[1]
+    for p in (params_for(head, {"jawOpen": 1.0}), params_for(head, jaw=(0.2, 0.0, 0.0))):
+        mesh = head(p)
+        gap = lmk(head, mesh, "upper_lip")[1] - lmk(head, mesh, "lower_lip")[1]
+        assert gap > gap0 + 0.01, (float(gap0), float(gap))  # the lower lip dropped >1 cm below the upper
+        assert lmk(head, mesh, "lower_lip")[1] < lmk(head, neutral, "lower_lip")[1] - 0.01
+        assert abs(lmk(head, mesh, "upper_lip")[1] - lmk(head, neutral, "upper_lip")[1]) < 0.004
+
+
+def lid_gap(model, mesh, side):
+    """Signed vertical opening of an eye: upper lid margin height minus lower lid margin height."""
+    up, low = lmk(model, mesh, f"eye_{side}_upper_lid"), lmk(model, mesh, f"eye_{side}_lower_lid")
+    return float(up[1] - low[1])
+
+
+def test_blink_left_closes_the_subjects_left_eye(head):
+    neutral = head(head.neutral())
+    assert lmk(head, neutral, "eye_left_upper_lid")[0] > 0  # subject's left is +x
+    blink = head(params_for(head, {"eyeBlinkLeft": 1.0}))
+    assert lid_gap(head, neutral, "left") > 0.006  # open: ~9 mm
+    assert lid_gap(head, blink, "left") < 0.1 * lid_gap(head, neutral, "left")  # closed
+    assert abs(lid_gap(head, blink, "right") - lid_gap(head, neutral, "right")) < 3e-4
+    blink_r = head(params_for(head, {"eyeBlinkRight": 1.0}))
+    assert lid_gap(head, blink_r, "right") < 0.1 * lid_gap(head, neutral, "right")
+    assert abs(lid_gap(head, blink_r, "left") - lid_gap(head, neutral, "left")) < 3e-4
+
+
+def test_cache_is_reused_and_fast(head, cache):
+    assert head.cache_file.parent == cache and head.cache_file.is_file()
+    start = time.perf_counter()
+    again = AnnyHeadModel(AnnyHeadConfig(cache_dir=str(cache)))
+    seconds = time.perf_counter() - start
+    assert seconds < 3.0, seconds
+    for name, buffer in head.state_dict().items():
+        assert torch.equal(buffer, again.state_dict()[name]), name
+    assert again.identity_names == head.identity_names
+    assert not list(cache.glob(".*partial*"))  # no temporary file left behind
+
+
+def test_conversion_is_deterministic(tmp_path, anny_model, monkeypatch):
+    # a small conversion (expressions only) twice, into two cache folders: the same bytes
+    config_a = AnnyHeadConfig(phenotypes=False, local_changes=False, cache_dir=str(tmp_path / "a"))
+    config_b = config_a.model_copy(update={"cache_dir": str(tmp_path / "b")})
+    monkeypatch.setattr(anny_head, "build_anny", lambda anny=None: anny_model)
+    digests = []
+    for config in (config_a, config_b):
+        model = AnnyHeadModel(config)
+        assert model.identity_dim == 0 and model.expression_dim == 52
+        digests.append(hashlib.sha256(model.cache_file.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert anny_head.cache_path(config_a).name == anny_head.cache_path(config_b).name
+    assert anny_head.cache_path(config_a).name != anny_head.cache_path(AnnyHeadConfig()).name
+
+
+def test_contract(cache):
+    from gshead.plugins import BUILTIN_PLUGINS
+
+    registry = Registry(
+        builtin=tuple(dict.fromkeys((*BUILTIN_PLUGINS, "gshead.plugins.headmodels.anny_head"))), autoload=False
+    )
+    check_component("headmodel", {"name": "anny-head", "cache_dir": str(cache)}, registry=registry)
