@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="frames rendered per step (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reenact)
+
+    from gshead.commands import headmodel as headmodel_cmd
+
+    headmodel_cmd.add_parser(sub)
     return parser
 
 

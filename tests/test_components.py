@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 
 import pytest
-import torch
 
 from gshead.core import hookspecs
 from gshead.core.registry import Registry
@@ -15,20 +14,21 @@ REGISTRY = Registry(autoload=False)
 SPECS = REGISTRY.all()
 
 
-def _skip_without_cuda(spec):
-    if spec.config_class.requires_cuda and not torch.cuda.is_available():
-        pytest.skip(f"{spec.kind} {spec.name!r} needs CUDA")
+def _skip_if_unavailable(spec):
+    reason = spec.config_class.unavailable()
+    if reason:
+        pytest.skip(f"{spec.kind} {spec.name!r}: {reason}")
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}:{s.name}")
 def test_component_contract(spec):
-    _skip_without_cuda(spec)
+    _skip_if_unavailable(spec)
     check_component(spec.kind, {"name": spec.name, **spec.config_class.test_fields}, registry=REGISTRY)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}:{s.name}")
 def test_component_in_a_pipeline(spec):
-    _skip_without_cuda(spec)
+    _skip_if_unavailable(spec)
     check_pipeline(registry=REGISTRY, **{spec.kind: {"name": spec.name, **spec.config_class.test_fields}})
 
 

@@ -183,11 +183,12 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, size: int, margin: float 
 
 def render(
     name: str,
-    expression: dict[str, float] | None = None,
-    identity: list[float] | None = None,
-    jaw: float = 0.0,
-    output: str | Path = "head.png",
+    expression: dict[str, float] | None,
+    identity: list[float] | None,
+    jaw: float,
+    output: str | Path,
     size: int = 512,
+    *,
     fields: dict[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> Path:
@@ -221,7 +222,10 @@ def cmd_info(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     joints = ", ".join(j["name"] + (f"<-{j['parent']}" if j["parent"] else "") for j in result["joints"])
-    print(f"{result['name']}: {result['vertices']} vertices, {result['faces']} faces, extent {result['extent']} m")
+    print(
+        f"{result['name']}: {result['vertices']} vertices, {result['faces']} faces, "
+        f"extent {result['extent']} m"
+    )
     print(f"identity: {result['identity_dim']} coefficients")
     print(f"expressions ({result['expression_dim']}): {', '.join(result['expression_names'])}")
     print(f"joints: {joints or '-'}; pose correctives: {'yes' if result['pose_correctives'] else 'no'}")
@@ -249,7 +253,9 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="headmodel_command", required=True, metavar="ACTION")
     set_help = "config field of the head model, e.g. --set path=generic_model.pkl (repeatable)"
 
-    s = sub.add_parser("info", help="sizes and names: vertices, faces, identity, expressions, joints, landmarks")
+    s = sub.add_parser(
+        "info", help="sizes and names: vertices, faces, identity, expressions, joints, landmarks"
+    )
     s.add_argument("name", help="registered head model name (see 'gshead plugins')")
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=set_help)
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -259,9 +265,15 @@ def add_parser(subparsers) -> None:
     s.add_argument("name", help="registered head model name (see 'gshead plugins')")
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=set_help)
     s.add_argument(
-        "--expression", action="append", default=[], metavar="NAME=VALUE", help="expression value (repeatable)"
+        "--expression",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="expression value (repeatable)",
     )
-    s.add_argument("--identity", nargs="+", type=float, default=None, metavar="X", help="leading identity coefficients")
+    s.add_argument(
+        "--identity", nargs="+", type=float, default=None, metavar="X", help="leading identity coefficients"
+    )
     s.add_argument("--jaw", type=float, default=0.0, help="jaw opening in radians (default 0)")
     s.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     s.add_argument("-o", "--output", required=True, help="PNG file to write")

@@ -28,9 +28,14 @@ class ComponentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     kind: ClassVar[Kind]
-    requires_cuda: ClassVar[bool] = False  # True for components that only run on CUDA tensors
     test_fields: ClassVar[dict[str, Any]] = {}  # small settings for contract tests (e.g. a tiny variant)
     name: str
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this component cannot run on this machine as configured by default (no CUDA, a
+        missing package or licensed file), or None. Contract tests skip with this reason."""
+        return None
 
 
 class HeadModelConfig(ComponentConfig):

@@ -7,6 +7,8 @@ kind; the module is imported only when the registry first loads.
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "gshead.plugins.headmodels.procedural",
+    "gshead.plugins.headmodels.anny_head",
+    "gshead.plugins.headmodels.flame",
     "gshead.plugins.encoders.tiny_conv",
     "gshead.plugins.encoders.dinov2",
     "gshead.plugins.encoders.webssl",

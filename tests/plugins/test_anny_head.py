@@ -17,13 +17,13 @@ import torch
 
 anny = pytest.importorskip("anny", reason="anny-head needs the 'anny' package (pip install anny)")
 
-from anny.models.facial_actions import FACIAL_ACTION_LABELS  # noqa: E402
+from anny.models.facial_actions import FACIAL_ACTION_LABELS
 
-from gshead.core.registry import Registry  # noqa: E402
-from gshead.core.types import HeadParams  # noqa: E402
-from gshead.plugins.headmodels import anny_head  # noqa: E402
-from gshead.plugins.headmodels.anny_head import AXES, AnnyHeadConfig, AnnyHeadModel  # noqa: E402
-from gshead.testing import check_component  # noqa: E402
+from gshead.core.errors import InputError
+from gshead.core.registry import Registry
+from gshead.plugins.headmodels import anny_head
+from gshead.plugins.headmodels.anny_head import AXES, AnnyHeadConfig, AnnyHeadModel
+from gshead.testing import check_component
 
 TOL = 2e-5  # metres: float32 evaluation of ~0.2 m coordinates against Anny's float64
 
@@ -63,7 +63,11 @@ def anny_vertices(anny_model, head, expression=None, jaw=None, eyes=None) -> np.
     rest = anny_model(facial_actions=expression)
     pose = {"root": rest["rest_bone_poses"][:, 0]}  # keep Anny's rest space (no root re-centring)
     axes = torch.tensor(AXES, dtype=torch.float64)
-    for bone, rotvec in (("jaw", jaw), ("eye.L", None if eyes is None else eyes[:3]), ("eye.R", None if eyes is None else eyes[3:])):
+    for bone, rotvec in (
+        ("jaw", jaw),
+        ("eye.L", None if eyes is None else eyes[:3]),
+        ("eye.R", None if eyes is None else eyes[3:]),
+    ):
         if rotvec is not None:
             r = roma.rotvec_to_rotmat(torch.tensor(rotvec, dtype=torch.float64))
             delta = torch.eye(4, dtype=torch.float64)[None].clone()
@@ -96,7 +100,12 @@ def test_layout_units_and_names(head):
     assert 0.13 < width < 0.2
     nose = lmk(head, mesh, "nose_tip")
     assert nose[2] > 0.1 and abs(nose[0]) < 1e-3 and nose[1] < eye_l[1]
-    assert lmk(head, mesh, "chin")[1] < lmk(head, mesh, "lower_lip")[1] < lmk(head, mesh, "upper_lip")[1] < nose[1]
+    assert (
+        lmk(head, mesh, "chin")[1]
+        < lmk(head, mesh, "lower_lip")[1]
+        < lmk(head, mesh, "upper_lip")[1]
+        < nose[1]
+    )
     # the conversion's own error report
     assert head.conversion["regressor_residual_m"] < 1e-5
     assert head.conversion["phenotype_linearity_error_m"]["gender"]["1"] < 1e-6
@@ -112,9 +121,12 @@ def test_layout_units_and_names(head):
     ],
 )
 def test_matches_anny(head, anny_model, expression, jaw, eyes):
-    ours = head(
-        params_for(head, expression, jaw or (0.0, 0.0, 0.0), eyes or (0.0,) * 6)
-    ).vertices[0].double().numpy()
+    ours = (
+        head(params_for(head, expression, jaw or (0.0, 0.0, 0.0), eyes or (0.0,) * 6))
+        .vertices[0]
+        .double()
+        .numpy()
+    )
     theirs = anny_vertices(anny_model, head, expression, jaw, eyes)
     moved = np.abs(theirs - head.template.double().numpy()).max()
     assert moved > 1e-3  # the setting does something
@@ -122,10 +134,14 @@ def test_matches_anny(head, anny_model, expression, jaw, eyes):
 
 
 def test_identity_columns_match_anny(head, anny_model):
-    centre_of = lambda out: 0.5 * (  # noqa: E731 - identity settings are re-centred on their eyes
-        out["rest_bone_heads"][0, anny_model.bone_labels.index("eye.L")]
-        + out["rest_bone_heads"][0, anny_model.bone_labels.index("eye.R")]
-    ).numpy() + anny_head.CENTRE_FROM_EYES
+    centre_of = lambda out: (
+        0.5
+        * (
+            out["rest_bone_heads"][0, anny_model.bone_labels.index("eye.L")]
+            + out["rest_bone_heads"][0, anny_model.bone_labels.index("eye.R")]
+        ).numpy()
+        + anny_head.CENTRE_FROM_EYES
+    )
 
     def anny_ours(**kwargs):
         out = anny_model(**kwargs)
@@ -141,7 +157,9 @@ def test_identity_columns_match_anny(head, anny_model):
     label = "nose-scale-vert-incr"
     # local changes are exact: +0.6 on the label, -0.6 through its ".neg" column
     np.testing.assert_allclose(ours(**{label: 0.6}), anny_ours(local_changes_kwargs={label: 0.6}), atol=TOL)
-    np.testing.assert_allclose(ours(**{label + ".neg": 0.6}), anny_ours(local_changes_kwargs={label: -0.6}), atol=TOL)
+    np.testing.assert_allclose(
+        ours(**{label + ".neg": 0.6}), anny_ours(local_changes_kwargs={label: -0.6}), atol=TOL
+    )
     # gender is linear in Anny: exact; age is linearised: within 1 cm at 0.75 (documented)
     np.testing.assert_allclose(ours(gender=1.0), anny_ours(phenotype_kwargs={"gender": 1.0}), atol=TOL)
     err = np.abs(ours(age=0.5) - anny_ours(phenotype_kwargs={"age": 0.75})).max()
@@ -208,6 +226,16 @@ def test_contract(cache):
     from gshead.plugins import BUILTIN_PLUGINS
 
     registry = Registry(
-        builtin=tuple(dict.fromkeys((*BUILTIN_PLUGINS, "gshead.plugins.headmodels.anny_head"))), autoload=False
+        builtin=tuple(dict.fromkeys((*BUILTIN_PLUGINS, "gshead.plugins.headmodels.anny_head"))),
+        autoload=False,
     )
     check_component("headmodel", {"name": "anny-head", "cache_dir": str(cache)}, registry=registry)
+
+
+def test_missing_anny_package_message(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "anny", None)  # import anny -> ImportError
+    with pytest.raises(InputError, match=r"pip install anny"):
+        AnnyHeadModel(AnnyHeadConfig(cache_dir=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []

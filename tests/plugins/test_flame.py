@@ -157,7 +157,7 @@ def reference_flame(a: dict, betas, psi, jaw, eyes) -> tuple[np.ndarray, np.ndar
 
 def random_params(n_id: int, n_expr: int, batch: int, seed: int = 3) -> HeadParams:
     g = torch.Generator().manual_seed(seed)
-    r = lambda n, s: s * torch.randn(batch, n, generator=g, dtype=torch.float64).float()  # noqa: E731
+    r = lambda n, s: s * torch.randn(batch, n, generator=g, dtype=torch.float64).float()
     return HeadParams(r(n_id, 1.0), r(n_expr, 1.0), r(3, 0.3), r(6, 0.3), r(3, 1.0), r(3, 1.0))
 
 
@@ -215,7 +215,9 @@ def test_pt_layout_loads_weights_only(flame_files, tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     lmk_faces = rng.integers(0, F, size=(1, 70))
     lmk_bary = rng.dirichlet(np.ones(3), size=(1, 70))
-    model_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    model_dict = {
+        k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if isinstance(v, np.ndarray)
+    }
     model_dict["f"] = model_dict["f"].long()
     model_dict["kintree_table"] = model_dict["kintree_table"].long()
     # a port's internal posedirs layout [36, 3V]: the loader reshapes it back to [V, 3, 36]
@@ -249,7 +251,8 @@ def test_pt_layout_loads_weights_only(flame_files, tmp_path, monkeypatch):
     params = random_params(300, 100, batch=1, seed=11)
     assert_matches_reference(model, arrays, params)
     ref_v, _ = reference_flame(
-        arrays, *(t[0].double().numpy() for t in (params.identity, params.expression, params.jaw, params.eyes))
+        arrays,
+        *(t[0].double().numpy() for t in (params.identity, params.expression, params.jaw, params.eyes)),
     )
     ref_lmk = np.einsum("lk,lkc->lc", lmk_bary[0], ref_v[arrays["f"][lmk_faces[0]].astype(np.int64)])
     np.testing.assert_allclose(model(params).landmarks[0].double().numpy(), ref_lmk, atol=1e-5)
@@ -292,7 +295,13 @@ def test_malicious_pickle_is_refused_before_running(tmp_path):
 
 @pytest.mark.parametrize(
     "module, name",
-    [("builtins", "eval"), ("subprocess", "Popen"), ("chumpy.ch_ops", "add"), ("numpy", "load"), ("copyreg", "__newobj__")],
+    [
+        ("builtins", "eval"),
+        ("subprocess", "Popen"),
+        ("chumpy.ch_ops", "add"),
+        ("numpy", "load"),
+        ("copyreg", "__newobj__"),
+    ],
 )
 def test_restricted_unpickler_refuses_other_globals(module, name):
     data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"q\x00."
@@ -343,25 +352,36 @@ def test_landmark_embedding_files(flame_files, tmp_path):
     faces, bary, names = read_landmark_file(static)
     assert faces.dtype == np.int64 and len(names) == 51 and names[0] == "ibug17" and names[-1] == "ibug67"
     np.testing.assert_array_equal(faces, s_faces)
+    np.testing.assert_allclose(bary, s_bary)
     # metrical-tracker's mediapipe_landmark_embedding.npz: 105 points
     mp = tmp_path / "mediapipe_landmark_embedding.npz"
     m_idx = rng.choice(468, 105, replace=False)
-    np.savez(mp, lmk_face_idx=rng.integers(0, F, 105), lmk_b_coords=rng.dirichlet(np.ones(3), 105), landmark_indices=m_idx)
-    faces, bary, names = read_landmark_file(mp)
+    np.savez(
+        mp,
+        lmk_face_idx=rng.integers(0, F, 105),
+        lmk_b_coords=rng.dirichlet(np.ones(3), 105),
+        landmark_indices=m_idx,
+    )
+    faces, _bary, names = read_landmark_file(mp)
     assert len(faces) == 105 and names[0] == f"mp{m_idx[0]}"
     # DECA's landmark_embedding.npy: a pickled dict inside a .npy, read without allow_pickle
     deca = tmp_path / "landmark_embedding.npy"
     d_faces, d_bary = rng.integers(0, F, (1, 68)), rng.dirichlet(np.ones(3), (1, 68))
-    np.save(deca, {"full_lmk_faces_idx": d_faces, "full_lmk_bary_coords": d_bary, "static_lmk_faces_idx": s_faces})
-    faces, bary, names = read_landmark_file(deca)
+    np.save(
+        deca, {"full_lmk_faces_idx": d_faces, "full_lmk_bary_coords": d_bary, "static_lmk_faces_idx": s_faces}
+    )
+    faces, _bary, names = read_landmark_file(deca)
     assert len(faces) == 68 and names[30] == "ibug30"
     np.testing.assert_array_equal(faces, d_faces[0])
 
-    model = FlameHeadModel(FlameHeadConfig(path=str(pkl), landmarks=str(mp), identity_dim=5, expression_dim=5))
+    model = FlameHeadModel(
+        FlameHeadConfig(path=str(pkl), landmarks=str(mp), identity_dim=5, expression_dim=5)
+    )
     assert model.landmark_names[0] == f"mp{m_idx[0]}"
     params = random_params(5, 5, batch=1, seed=9)
     ref_v, _ = reference_flame(
-        arrays, *(t[0].double().numpy() for t in (params.identity, params.expression, params.jaw, params.eyes))
+        arrays,
+        *(t[0].double().numpy() for t in (params.identity, params.expression, params.jaw, params.eyes)),
     )
     f_all = arrays["f"].astype(np.int64)
     mp_faces, mp_bary, _ = read_landmark_file(mp)
@@ -382,3 +402,10 @@ def test_contract(flame_files):
     registry = Registry(builtin=tuple(dict.fromkeys((*BUILTIN_PLUGINS, FLAME_MODULE))), autoload=False)
     _root, pkl, _arrays = flame_files
     check_component("headmodel", {"name": "flame", "path": str(pkl)}, registry=registry)
+
+
+def test_oversized_sparse_matrix_is_refused():
+    m = scipy.sparse.csc_matrix((3, 4))
+    m._shape = (10**6, 10**6)  # a tampered shape: densifying it would need terabytes
+    with pytest.raises(InputError, match="too large to densify"):
+        loads_restricted(pickle.dumps({"J_regressor": m}), source="big.pkl")

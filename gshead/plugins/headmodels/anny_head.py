@@ -5,7 +5,8 @@ local_changes='all', skinning_method='lbs')`` (4,538 vertices, 9,014 triangles, 
 in its rest space, and converted into ``LinearHeadModel`` buffers; the result is cached as a
 safetensors file (see "Cache" below), so only the first build runs Anny.
 
-Conversion (every direction is a difference of Anny's own rest-space outputs, ``forward`` with no pose):
+Conversion (every direction is a difference of Anny's own rest-space outputs: ``get_rest_model`` on the
+blendshape coefficients Anny's ``forward`` would use, so a no-pose ``forward`` gives the same vertices):
 
 - template: the neutral phenotype (every phenotype 0.5, no local change, no facial action);
 - expression basis: the 52 ARKit-named facial actions (``anny.models.facial_actions``), names
@@ -76,7 +77,13 @@ CENTRE_FROM_EYES = np.array([0.0, 0.075, -0.025])
 """Origin relative to the eye joints' midpoint, in Anny's axes (metres): 7.5 cm back, 2.5 cm down."""
 JOINTS: tuple[str, ...] = ("root", "neck", "jaw", "eye_left", "eye_right")
 PARENTS: tuple[int, ...] = (-1, 0, 1, 1, 1)
-DRIVEN_BONES: dict[str, str] = {"root": "root", "head": "neck", "jaw": "jaw", "eye.L": "eye_left", "eye.R": "eye_right"}
+DRIVEN_BONES: dict[str, str] = {
+    "root": "root",
+    "head": "neck",
+    "jaw": "jaw",
+    "eye.L": "eye_left",
+    "eye.R": "eye_right",
+}
 HEAD_PREFIXES: tuple[str, ...] = (
     "cheek", "chin", "ear", "eyebrows", "eye", "forehead", "head", "mouth", "neck", "nose",
 )  # fmt: skip
@@ -98,11 +105,18 @@ class AnnyHeadConfig(HeadModelConfig):
 
     name: Literal["anny-head"] = "anny-head"
     phenotypes: bool = True
-    """Include the 6 phenotypes (gender, age, muscle, weight, height, proportions), linearised, in the identity."""
+    """Include the 6 phenotypes (gender, age, muscle, weight, height, proportions), linearised,
+    in the identity."""
     local_changes: bool = True
     """Include Anny's local head/face changes (both directions of each) in the identity."""
     cache_dir: str | None = None
     """Folder for the converted model; default: $GSHEAD_CACHE_DIR, else ~/.cache/gshead."""
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        import importlib.util
+
+        return None if importlib.util.find_spec("anny") else "needs the 'anny' package (pip install anny)"
 
 
 # ----------------------------------------------------------------------------------- cache
@@ -128,7 +142,7 @@ def _settings(config: AnnyHeadConfig) -> dict:
 
 
 def cache_dir(config: AnnyHeadConfig) -> Path:
-    """Where converted models are cached (``config.cache_dir``, ``$GSHEAD_CACHE_DIR``, ``~/.cache/gshead``)."""
+    """The cache folder: ``config.cache_dir``, else ``$GSHEAD_CACHE_DIR``, else ``~/.cache/gshead``."""
     chosen = config.cache_dir or os.environ.get(ENV_CACHE_DIR) or str(Path.home() / ".cache" / "gshead")
     return Path(chosen).expanduser()
 
@@ -165,7 +179,9 @@ class _Evaluator:
             groups: dict[str, dict[str, torch.Tensor]] = {"phenotype": {}, "local": {}, "facial": {}}
             defaults = {"phenotype": 0.5, "local": 0.0, "facial": 0.0}
             for i, (group, label, value) in enumerate(chunk):
-                column = groups[group].setdefault(label, torch.full((n,), defaults[group], dtype=torch.float64))
+                column = groups[group].setdefault(
+                    label, torch.full((n,), defaults[group], dtype=torch.float64)
+                )
                 column[i] = value
             for group, default in defaults.items():  # every call gets batch n (unset labels default)
                 if not groups[group]:
@@ -177,9 +193,7 @@ class _Evaluator:
                     groups[group][labels[0]] = torch.full((n,), default, dtype=torch.float64)
             with torch.no_grad():
                 out = self.model.get_rest_model(
-                    self.model._get_phenotype_blendshape_coefficients(
-                        *self._tensors(groups)
-                    )
+                    self.model._get_phenotype_blendshape_coefficients(*self._tensors(groups))
                 )
             verts.append(out["rest_vertices"].numpy())
             heads.append(out["rest_bone_heads"].numpy())
@@ -205,8 +219,7 @@ def is_head_change(label: str) -> bool:
     """Whether an Anny local-change label is a head/face one (see ``HEAD_PREFIXES``)."""
     name = label
     for prefix in ("l-", "r-", "measure-"):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
+        name = name.removeprefix(prefix)
     return name.split("-")[0] in HEAD_PREFIXES
 
 
@@ -236,11 +249,12 @@ def _one_hot_faces(faces: np.ndarray, vertices: list[int]) -> tuple[np.ndarray, 
     return np.array(lmk_faces, dtype=np.int64), np.stack(bary)
 
 
-def _landmarks(v: np.ndarray, faces: np.ndarray, bone_w: np.ndarray, labels: list[str], joints: np.ndarray):
-    """Landmark vertices from the neutral template (ours axes) and Anny's per-bone skin weights."""
+def _landmarks(v: np.ndarray, jaw_w: np.ndarray, bone_w: np.ndarray, labels: list[str], joints: np.ndarray):
+    """Landmark vertices from the neutral template (our axes), the merged jaw skin weight ``jaw_w`` [V]
+    and Anny's per-bone skin weights ``bone_w`` [V, bones] (for the lid bones)."""
     mid = np.abs(v[:, 0]) < 0.0015
     nose = int(np.argmax(np.where(mid, v[:, 2], -np.inf)))
-    jaw_side = bone_w[:, [i for i, n in enumerate(labels) if _is_under(labels, i, "jaw")]].sum(1) > 0.5
+    jaw_side = jaw_w > 0.5
     y_nose = v[nose, 1]
     lower = int(np.argmax(np.where(mid & jaw_side & (v[:, 1] < y_nose), v[:, 2], -np.inf)))
     band = mid & ~jaw_side & (v[:, 1] > v[lower, 1]) & (v[:, 1] < v[lower, 1] + 0.02)
@@ -259,23 +273,12 @@ def _landmarks(v: np.ndarray, faces: np.ndarray, bone_w: np.ndarray, labels: lis
     return out
 
 
-def _is_under(labels: list[str], index: int, ancestor: str, parents: list[int] | None = None) -> bool:
-    parents = _is_under.parents  # type: ignore[attr-defined]
-    i = index
-    while i >= 0:
-        if labels[i] == ancestor:
-            return True
-        i = parents[i] if i > 0 else -1
-    return False
-
-
 def convert(config: AnnyHeadConfig, model=None) -> tuple[dict[str, np.ndarray], dict]:
     """Run Anny and build the ``LinearHeadModel`` arrays (float64) and metadata (names, errors)."""
     model = model if model is not None else build_anny()
     evaluate = _Evaluator(model)
     labels: list[str] = list(model.bone_labels)
     parents: list[int] = [int(p) for p in model.bone_parents]
-    _is_under.parents = parents  # type: ignore[attr-defined]
 
     settings: list[tuple[str, str, float]] = [("phenotype", model.phenotype_labels[0], 0.5)]  # the template
     pheno = list(model.phenotype_labels) if config.phenotypes else []
@@ -351,7 +354,11 @@ def convert(config: AnnyHeadConfig, model=None) -> tuple[dict[str, np.ndarray], 
     # skinning: each bone's weight goes to its nearest driven ancestor
     bone_w = np.zeros((n_v, len(labels)))
     idx = model.vertex_bone_indices.numpy()
-    np.add.at(bone_w, (np.repeat(np.arange(n_v), idx.shape[1]), idx.reshape(-1)), model.vertex_bone_weights.numpy().reshape(-1))
+    np.add.at(
+        bone_w,
+        (np.repeat(np.arange(n_v), idx.shape[1]), idx.reshape(-1)),
+        model.vertex_bone_weights.numpy().reshape(-1),
+    )
     owner = []
     for b in range(len(labels)):
         i = b
@@ -363,7 +370,7 @@ def convert(config: AnnyHeadConfig, model=None) -> tuple[dict[str, np.ndarray], 
     skin /= skin.sum(1, keepdims=True)
 
     faces = model.faces.numpy().astype(np.int64)
-    lmk_vertices = _landmarks(template, faces, bone_w, labels, joints0)
+    lmk_vertices = _landmarks(template, skin[:, JOINTS.index("jaw")], bone_w, labels, joints0)
     lmk_faces, lmk_bary = _one_hot_faces(faces, lmk_vertices)
 
     arrays = dict(

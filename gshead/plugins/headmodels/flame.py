@@ -69,6 +69,12 @@ class FlameHeadConfig(HeadModelConfig):
     expression_dim: int = Field(100, ge=0, le=FLAME_EXPRESSION_MAX)
     """Expression coefficients kept: the first ``expression_dim`` of FLAME's 100 (named exp00..)."""
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if os.environ.get(ENV_FLAME_PATH):
+            return None
+        return f"needs a FLAME model file (set {ENV_FLAME_PATH}; FLAME comes from flame.is.tue.mpg.de after registration)"
+
 
 # ----------------------------------------------------------------------------------- reading files
 def resolve_flame_path(path: str | None) -> Path:
@@ -92,7 +98,7 @@ def _to_numpy(value) -> np.ndarray:
 def _torch_load(path: Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for bad files
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise InputError(f"{path}: not a readable weights-only torch file ({reason})") from None
     if not isinstance(data, dict):
@@ -145,7 +151,9 @@ def read_landmark_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[
             with np.load(p, allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
-            raise InputError(f"{p}: not a readable .npz embedding ({' '.join(str(exc).split())[:160]})") from None
+            raise InputError(
+                f"{p}: not a readable .npz embedding ({' '.join(str(exc).split())[:160]})"
+            ) from None
         missing = [k for k in ("lmk_face_idx", "lmk_b_coords") if k not in d]
         if missing:
             raise InputError(f"{p}: missing {', '.join(missing)}; expected lmk_face_idx, lmk_b_coords")
@@ -185,7 +193,9 @@ def _read_npy_dict(path: Path):
         try:
             version = npformat.read_magic(fh)
             header = (
-                npformat.read_array_header_1_0(fh) if version == (1, 0) else npformat.read_array_header_2_0(fh)
+                npformat.read_array_header_1_0(fh)
+                if version == (1, 0)
+                else npformat.read_array_header_2_0(fh)
             )
         except ValueError as exc:
             raise InputError(f"{path}: not a .npy file ({exc})") from None
@@ -222,7 +232,9 @@ def flame_buffers(
     need = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
     missing = [k for k in need if k not in arrays]
     if missing:
-        raise InputError(f"{source}: not a FLAME model: missing {', '.join(missing)}; expected keys {', '.join(need)}")
+        raise InputError(
+            f"{source}: not a FLAME model: missing {', '.join(missing)}; expected keys {', '.join(need)}"
+        )
     template = np.asarray(arrays["v_template"], dtype=np.float64)
     v = template.shape[0]
     shapedirs = np.asarray(arrays["shapedirs"], dtype=np.float64)
@@ -239,8 +251,8 @@ def flame_buffers(
     parents[0] = -1  # FLAME stores the root's parent as 2**32 - 1
     if len(parents) != len(FLAME_JOINTS):
         raise InputError(f"{source}: {len(parents)} joints in kintree_table; FLAME has 5")
-    lmk_faces, lmk_bary, lmk_names = landmarks if landmarks is not None else (
-        np.zeros(0, np.int64), np.zeros((0, 3)), ()
+    lmk_faces, lmk_bary, lmk_names = (
+        landmarks if landmarks is not None else (np.zeros(0, np.int64), np.zeros((0, 3)), ())
     )
     return dict(
         template=template,
@@ -291,7 +303,9 @@ class FlameHeadModel(LinearHeadModel):
         config = config if config is not None else FlameHeadConfig()
         path = resolve_flame_path(config.path)
         arrays, pt_lmk = read_flame_file(path)
-        landmarks = read_landmark_file(config.landmarks) if config.landmarks else _pt_landmarks(pt_lmk, str(path))
+        landmarks = (
+            read_landmark_file(config.landmarks) if config.landmarks else _pt_landmarks(pt_lmk, str(path))
+        )
         buffers = flame_buffers(arrays, config.identity_dim, config.expression_dim, str(path), landmarks)
         super().__init__(**buffers, name="flame")
         self.config = config

@@ -53,6 +53,9 @@ class ChStandIn:
         return self.value
 
 
+_MAX_DENSE = 200_000_000  # elements: FLAME's J_regressor is 5 x 5023
+
+
 class SparseStandIn:
     """What a pickled SciPy sparse matrix becomes; ``to_array`` densifies it with NumPy only."""
 
@@ -73,6 +76,8 @@ class SparseStandIn:
 
     def to_array(self) -> np.ndarray:
         rows, cols = self._shape()
+        if rows < 0 or cols < 0 or rows * cols > _MAX_DENSE:
+            raise pickle.UnpicklingError(f"a {rows}x{cols} {self.format} matrix is too large to densify")
         s = self.state
         data = np.asarray(s["data"])
         out = np.zeros((rows, cols), dtype=data.dtype if data.size else np.float64)
@@ -87,7 +92,9 @@ class SparseStandIn:
         if len(r) != len(data) or len(c) != len(data):
             raise pickle.UnpicklingError(f"a {self.format} matrix whose index arrays disagree with its data")
         if len(data) and (r.min() < 0 or r.max() >= rows or c.min() < 0 or c.max() >= cols):
-            raise pickle.UnpicklingError(f"a {self.format} matrix with indices outside its {rows}x{cols} shape")
+            raise pickle.UnpicklingError(
+                f"a {self.format} matrix with indices outside its {rows}x{cols} shape"
+            )
         np.add.at(out, (r, c), data)  # duplicates sum, as in SciPy
         return out
 
@@ -103,7 +110,9 @@ _STAND_INS: tuple[type, ...] = (ChStandIn, *_SPARSE.values())
 def _safe_reconstructor(cls, base, state):
     """``copyreg._reconstructor`` restricted to creating our stand-ins (``base`` must be ``object``)."""
     if cls not in _STAND_INS or base is not object or state is not None:
-        raise pickle.UnpicklingError(f"copyreg._reconstructor used to build {getattr(cls, '__name__', cls)!r}")
+        raise pickle.UnpicklingError(
+            f"copyreg._reconstructor used to build {getattr(cls, '__name__', cls)!r}"
+        )
     return object.__new__(cls)
 
 
@@ -132,11 +141,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     **_numpy_globals(),
     **{(m, "_reconstructor"): _safe_reconstructor for m in ("copyreg", "copy_reg")},
     ("_codecs", "encode"): _safe_codecs_encode,
-    **{
-        (m, t.__name__): t
-        for m in ("builtins", "__builtin__")
-        for t in (object, set, frozenset, complex)
-    },
+    **{(m, t.__name__): t for m in ("builtins", "__builtin__") for t in (object, set, frozenset, complex)},
 }
 
 
@@ -193,7 +198,17 @@ def loads_restricted(data: bytes, source: str = "<pickle>") -> Any:
         raise InputError(
             f"refused to load {source}: it references {exc}; only numpy/scipy arrays are allowed"
         ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        MemoryError,
+        RecursionError,
+    ) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"{source}: not a readable array pickle ({reason[:160]})") from None
 

@@ -540,8 +540,8 @@ def composite_backward(
     return out
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def project(means, quats, scales, world_to_camera, intrinsics, width, height, near, eps2d):
+@njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
+def project(means, quats, scales, world_to_camera, intrinsics, width, height, near, eps2d, nthreads):
     """Forward-only projection of one camera's Gaussians: the same formulas, in the same order
     of operations where it matters, as ``projection.project_gaussians`` (see its docstring), for
     renders that need no gradient. Returns ``means2d [N, 2]``, ``conics [N, 3]``, ``depths [N]``
@@ -563,74 +563,76 @@ def project(means, quats, scales, world_to_camera, intrinsics, width, height, ne
     u_hi = (F32(width) - cx) / fx + lim * tan_fovx
     v_lo = -(cy / fy + lim * tan_fovy)
     v_hi = (F32(height) - cy) / fy + lim * tan_fovy
-    rot = np.empty((3, 3), np.float32)
-    m = np.empty((3, 3), np.float32)
-    cov = np.empty((3, 3), np.float32)
-    tmp = np.empty((3, 3), np.float32)
-    covc = np.empty((3, 3), np.float32)
-    for g in range(n):
-        t0 = rc[0, 0] * means[g, 0] + rc[0, 1] * means[g, 1] + rc[0, 2] * means[g, 2] + world_to_camera[0, 3]
-        t1 = rc[1, 0] * means[g, 0] + rc[1, 1] * means[g, 1] + rc[1, 2] * means[g, 2] + world_to_camera[1, 3]
-        t2 = rc[2, 0] * means[g, 0] + rc[2, 1] * means[g, 1] + rc[2, 2] * means[g, 2] + world_to_camera[2, 3]
-        depths[g] = t2
-        if not t2 > near:
-            continue
-        qw = quats[g, 0]
-        qx = quats[g, 1]
-        qy = quats[g, 2]
-        qz = quats[g, 3]
-        norm = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), F32(1e-12))
-        qw /= norm
-        qx /= norm
-        qy /= norm
-        qz /= norm
-        rot[0, 0] = ONE - F32(2) * (qy * qy + qz * qz)
-        rot[0, 1] = F32(2) * (qx * qy - qw * qz)
-        rot[0, 2] = F32(2) * (qx * qz + qw * qy)
-        rot[1, 0] = F32(2) * (qx * qy + qw * qz)
-        rot[1, 1] = ONE - F32(2) * (qx * qx + qz * qz)
-        rot[1, 2] = F32(2) * (qy * qz - qw * qx)
-        rot[2, 0] = F32(2) * (qx * qz - qw * qy)
-        rot[2, 1] = F32(2) * (qy * qz + qw * qx)
-        rot[2, 2] = ONE - F32(2) * (qx * qx + qy * qy)
-        for i in range(3):
-            for j in range(3):
-                m[i, j] = rot[i, j] * scales[g, j]
-        for i in range(3):
-            for j in range(3):
-                cov[i, j] = m[i, 0] * m[j, 0] + m[i, 1] * m[j, 1] + m[i, 2] * m[j, 2]
-        for i in range(3):
-            for j in range(3):
-                tmp[i, j] = rc[i, 0] * cov[0, j] + rc[i, 1] * cov[1, j] + rc[i, 2] * cov[2, j]
-        for i in range(3):
-            for j in range(3):
-                covc[i, j] = tmp[i, 0] * rc[j, 0] + tmp[i, 1] * rc[j, 1] + tmp[i, 2] * rc[j, 2]
-        u = min(max(t0 / t2, u_lo), u_hi)
-        v = min(max(t1 / t2, v_lo), v_hi)
-        tx = t2 * u
-        ty = t2 * v
-        j00 = fx / t2
-        j02 = -fx * tx / (t2 * t2)
-        j11 = fy / t2
-        j12 = -fy * ty / (t2 * t2)
-        # cov2d = J covc J^T with J = [[j00, 0, j02], [0, j11, j12]]
-        a0 = j00 * covc[0, 0] + j02 * covc[2, 0]
-        a1 = j00 * covc[0, 1] + j02 * covc[2, 1]
-        a2 = j00 * covc[0, 2] + j02 * covc[2, 2]
-        b1 = j11 * covc[1, 1] + j12 * covc[2, 1]
-        b2 = j11 * covc[1, 2] + j12 * covc[2, 2]
-        s00 = a0 * j00 + a2 * j02 + eps2d
-        s01 = a1 * j11 + a2 * j12
-        s11 = b1 * j11 + b2 * j12 + eps2d
-        det = max(s00 * s11 - s01 * s01, F32(1e-10))
-        mx = fx * t0 / t2 + cx
-        my = fy * t1 / t2 + cy
-        means2d[g, 0] = mx
-        means2d[g, 1] = my
-        conics[g, 0] = s11 / det
-        conics[g, 1] = -s01 / det
-        conics[g, 2] = s00 / det
-        rx = math.ceil(F32(3.33) * math.sqrt(s00))
-        ry = math.ceil(F32(3.33) * math.sqrt(s11))
-        valid[g] = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+    nchunk = max(1, min(nthreads, n))
+    for chunk in prange(nchunk):
+        rot = np.empty((3, 3), np.float32)
+        m = np.empty((3, 3), np.float32)
+        cov = np.empty((3, 3), np.float32)
+        tmp = np.empty((3, 3), np.float32)
+        covc = np.empty((3, 3), np.float32)
+        for g in range(chunk * n // nchunk, (chunk + 1) * n // nchunk):
+            t0 = rc[0, 0] * means[g, 0] + rc[0, 1] * means[g, 1] + rc[0, 2] * means[g, 2] + world_to_camera[0, 3]
+            t1 = rc[1, 0] * means[g, 0] + rc[1, 1] * means[g, 1] + rc[1, 2] * means[g, 2] + world_to_camera[1, 3]
+            t2 = rc[2, 0] * means[g, 0] + rc[2, 1] * means[g, 1] + rc[2, 2] * means[g, 2] + world_to_camera[2, 3]
+            depths[g] = t2
+            if not t2 > near:
+                continue
+            qw = quats[g, 0]
+            qx = quats[g, 1]
+            qy = quats[g, 2]
+            qz = quats[g, 3]
+            norm = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), F32(1e-12))
+            qw /= norm
+            qx /= norm
+            qy /= norm
+            qz /= norm
+            rot[0, 0] = ONE - F32(2) * (qy * qy + qz * qz)
+            rot[0, 1] = F32(2) * (qx * qy - qw * qz)
+            rot[0, 2] = F32(2) * (qx * qz + qw * qy)
+            rot[1, 0] = F32(2) * (qx * qy + qw * qz)
+            rot[1, 1] = ONE - F32(2) * (qx * qx + qz * qz)
+            rot[1, 2] = F32(2) * (qy * qz - qw * qx)
+            rot[2, 0] = F32(2) * (qx * qz - qw * qy)
+            rot[2, 1] = F32(2) * (qy * qz + qw * qx)
+            rot[2, 2] = ONE - F32(2) * (qx * qx + qy * qy)
+            for i in range(3):
+                for j in range(3):
+                    m[i, j] = rot[i, j] * scales[g, j]
+            for i in range(3):
+                for j in range(3):
+                    cov[i, j] = m[i, 0] * m[j, 0] + m[i, 1] * m[j, 1] + m[i, 2] * m[j, 2]
+            for i in range(3):
+                for j in range(3):
+                    tmp[i, j] = rc[i, 0] * cov[0, j] + rc[i, 1] * cov[1, j] + rc[i, 2] * cov[2, j]
+            for i in range(3):
+                for j in range(3):
+                    covc[i, j] = tmp[i, 0] * rc[j, 0] + tmp[i, 1] * rc[j, 1] + tmp[i, 2] * rc[j, 2]
+            u = min(max(t0 / t2, u_lo), u_hi)
+            v = min(max(t1 / t2, v_lo), v_hi)
+            tx = t2 * u
+            ty = t2 * v
+            j00 = fx / t2
+            j02 = -fx * tx / (t2 * t2)
+            j11 = fy / t2
+            j12 = -fy * ty / (t2 * t2)
+            # cov2d = J covc J^T with J = [[j00, 0, j02], [0, j11, j12]]
+            a0 = j00 * covc[0, 0] + j02 * covc[2, 0]
+            a1 = j00 * covc[0, 1] + j02 * covc[2, 1]
+            a2 = j00 * covc[0, 2] + j02 * covc[2, 2]
+            b1 = j11 * covc[1, 1] + j12 * covc[2, 1]
+            b2 = j11 * covc[1, 2] + j12 * covc[2, 2]
+            s00 = a0 * j00 + a2 * j02 + eps2d
+            s01 = a1 * j11 + a2 * j12
+            s11 = b1 * j11 + b2 * j12 + eps2d
+            det = max(s00 * s11 - s01 * s01, F32(1e-10))
+            mx = fx * t0 / t2 + cx
+            my = fy * t1 / t2 + cy
+            means2d[g, 0] = mx
+            means2d[g, 1] = my
+            conics[g, 0] = s11 / det
+            conics[g, 1] = -s01 / det
+            conics[g, 2] = s00 / det
+            rx = math.ceil(F32(3.33) * math.sqrt(s00))
+            ry = math.ceil(F32(3.33) * math.sqrt(s11))
+            valid[g] = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
     return means2d, conics, depths, valid

@@ -129,6 +129,7 @@ def _project_no_grad(gaussians: Gaussians, camera: Camera, near: float) -> Proje
             camera.height,
             np.float32(near),
             np.float32(EPS2D),
+            _threads(),
         )
         for b in range(camera.batch_size)
     ]
