@@ -13,8 +13,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gshead.plugins.encoders.dinov2",
     "gshead.plugins.encoders.webssl",
     "gshead.plugins.lifters.single_plane",
+    "gshead.plugins.lifters.dual_plane",
     "gshead.plugins.drivers.mesh_bound",
+    "gshead.plugins.drivers.expression_gaussians",
     "gshead.plugins.renderers.torch_tiles",
     "gshead.plugins.refiners.identity",
+    "gshead.plugins.refiners.style_unet",
     "gshead.plugins.trackers.frontal",
 )

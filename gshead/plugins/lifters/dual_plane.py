@@ -1,0 +1,217 @@
+"""``dual-plane``: GAGAvatar's dual lifting — two layers of Gaussians around a plane facing the camera.
+
+Per source portrait:
+
+1. a ``DPTHead`` (``gshead.plugins.lifters.dpt``) fuses the encoder's token maps and the image
+   into a local feature map [B, F, S, S] (S = ``feature_size``, official 296);
+2. an S x S grid of points lies on the plane through the world origin (the head's centre)
+   perpendicular to the source camera's optical axis, spanning exactly what the camera sees at
+   that depth: point ``(row j, column i)`` (index ``n = j S + i``) projects onto pixel
+   ``((i + 0.5) W / S, (j + 0.5) H / S)``, the centre of feature ``(j, i)``;
+3. the view direction ``d`` [B, 3] — the unit vector from the origin towards the camera along
+   its optical axis, in head space — is harmonic-encoded (``harmonic_encoding``: 4 frequencies,
+   3 + 3 x 2 x 4 = 27 values) and broadcast to every pixel;
+4. per plane ``k``, a conv head (3x3 convs, ReLU; 1x1 output) reads [local features, direction
+   code] and predicts per point, in this channel order: ``C`` feature channels (0..2 RGB through
+   a sigmoid, the rest linear), opacity (sigmoid), scale (3, sigmoid x ``max_scale``), rotation
+   (4, normalised quaternion w, x, y, z), position (1, sigmoid x ``max_offset``);
+5. the front layer sits at ``plane + pos d`` (towards the camera), the back layer at
+   ``plane - pos d``. Gaussians: front layer (S*S), then back layer (S*S).
+
+``planes: 1`` is the single-layer ablation of the same head: only the front head (``heads.0``)
+runs, giving S*S Gaussians. ``C`` is the pipeline's ``feature_channels`` (GAGAvatar: 32).
+
+Units. GAGAvatar works in FLAME units x 5; gshead's head models are in metres (the head is about
+0.24 m tall). So GAGAvatar's scale bound 0.05 becomes ``max_scale = 0.01`` m and its position
+range [0, 1] becomes ``max_offset = 0.2`` m. An importer keeps the weights and sets these two.
+
+State-dict mapping (GAGAvatar -> gshead ``DualPlaneLifter``), ``k`` in {0, 1}:
+
+=====================================  ==================================================
+GAGAvatar                              gshead
+=====================================  ==================================================
+``base_model.<rest>``                  ``dpt.<rest>`` (see ``dpt.py``'s table)
+``base_model.dino_model.*``            the ``dinov2`` encoder's weights
+``gs_generator_l{k}.gaussian_conv.*``  ``heads.{k}.gaussian_conv.*`` (indices 0, 2, 4, 6)
+=====================================  ==================================================
+
+Facts not in the manifest, taken as assumptions an importer must verify: the output channel
+order above; ReLU between the head's convs; the harmonic code's layout ``[d, sin(d), cos(d),
+sin(2d), cos(2d), ..., sin(8d), cos(8d)]``; ``d`` pointing towards the camera.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from gshead.core.components import BuildContext
+from gshead.core.config import LifterConfig
+from gshead.core.errors import InputError, ShapeError
+from gshead.core.hookspecs import hookimpl
+from gshead.core.types import Camera, FeatureMaps, Gaussians, HeadParams
+from gshead.plugins.lifters.dpt import DPTHead
+
+HARMONIC_FREQUENCIES = 4
+DIRECTION_CODE = 3 + 3 * 2 * HARMONIC_FREQUENCIES  # 27
+
+
+class DualPlaneConfig(LifterConfig):
+    """GAGAvatar's dual lifting: a DPT head, then front/back layers of Gaussians around a view-facing plane."""
+
+    test_fields: ClassVar[dict[str, Any]] = {
+        "projection_channels": (8, 8, 8, 8),
+        "features": 8,
+        "feature_size": 12,
+        "hidden": 8,
+    }
+
+    name: Literal["dual-plane"] = "dual-plane"
+    planes: Literal[1, 2] = 2
+    """Layers of Gaussians: 2 (front and back, GAGAvatar) or 1 (front only: the single-layer ablation)."""
+    projection_channels: tuple[int, int, int, int] = (64, 128, 256, 256)
+    """DPT branch channels, finest first (GAGAvatar: 256, 512, 1024, 1024)."""
+    features: int = Field(64, ge=4, le=1024)
+    """Channels of the DPT's fused feature map (GAGAvatar: 256)."""
+    feature_size: int = Field(64, ge=2, le=1024)
+    """Side S of the fused feature map and of each plane's grid: planes x S x S Gaussians (GAGAvatar: 296)."""
+    hidden: int = Field(64, ge=4, le=1024)
+    """Width of each plane head's 3x3 convs (GAGAvatar: 128)."""
+    max_scale: float = Field(0.01, gt=0.0)
+    """Largest Gaussian standard deviation, metres (sigmoid-bounded; GAGAvatar's 0.05 in FLAME x 5 units)."""
+    max_offset: float = Field(0.2, ge=0.0)
+    """Largest move of a Gaussian off the plane along the view direction, metres (sigmoid-bounded;
+    GAGAvatar's 1.0 in FLAME x 5 units). 0 keeps every Gaussian on the plane."""
+
+
+def harmonic_encoding(x: Tensor, frequencies: int = HARMONIC_FREQUENCIES) -> Tensor:
+    """[..., D] -> [..., D (1 + 2 F)]: ``[x, sin(x), cos(x), sin(2x), cos(2x), ...]`` up to 2^(F-1)."""
+    parts = [x]
+    for k in range(frequencies):
+        parts += [torch.sin(x * 2.0**k), torch.cos(x * 2.0**k)]
+    return torch.cat(parts, dim=-1)
+
+
+def view_direction(camera: Camera) -> Tensor:
+    """Unit vectors [B, 3] from the world origin towards each camera along its optical axis (world frame)."""
+    return -F.normalize(camera.world_to_camera[:, 2, :3], dim=-1)  # row 2 of R: the camera's z axis
+
+
+def plane_points(camera: Camera, size: int) -> Tensor:
+    """An S x S grid [B, S*S, 3] (world) on the plane through the origin facing ``camera``; point
+    ``n = j S + i`` projects onto pixel ``((i + 0.5) W / S, (j + 0.5) H / S)``."""
+    w2c, k = camera.world_to_camera, camera.intrinsics  # [B, 4, 4], [B, 3, 3]
+    dtype, device = w2c.dtype, w2c.device
+    depth = w2c[:, 2, 3]  # [B] camera-space z of the world origin
+    if bool((depth <= 0).any()):
+        raise InputError(
+            f"dual-plane: the world origin is behind the source camera (depth {depth.min().item():.3g}); "
+            "expected a camera looking at the head"
+        )
+    steps = (torch.arange(size, device=device, dtype=dtype) + 0.5) / size  # [S]
+    v, u = torch.meshgrid(steps * camera.height, steps * camera.width, indexing="ij")  # [S, S] each
+    u, v = u.reshape(1, -1), v.reshape(1, -1)  # [1, N]
+    fx, fy, cx, cy = k[:, 0, 0:1], k[:, 1, 1:2], k[:, 0, 2:3], k[:, 1, 2:3]  # [B, 1] each
+    z = depth[:, None]  # [B, 1]
+    cam = torch.stack([(u - cx) / fx * z, (v - cy) / fy * z, z.expand_as(u - cx)], dim=-1)  # [B, N, 3]
+    rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
+    return (cam - trans[:, None]) @ rot  # R^T (x_cam - t), [B, N, 3]
+
+
+class PlaneHead(nn.Module):
+    """GAGAvatar's ``gs_generator_l{k}``: [B, F + 27, S, S] -> raw Gaussian attributes [B, C + 9, S, S]."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int) -> None:
+        super().__init__()
+        self.gaussian_conv = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, out_channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gaussian_conv(x)
+
+
+class DualPlaneLifter(nn.Module):
+    """FeatureMaps [B] + camera [B or 1] -> Gaussians [B, planes * S * S] in head space."""
+
+    def __init__(self, config: DualPlaneConfig, context: BuildContext) -> None:
+        super().__init__()
+        if not context.encoder_channels:
+            raise ShapeError(
+                "dual-plane: BuildContext.encoder_channels is empty; expected the encoder's channels"
+            )
+        if context.feature_channels < 3:
+            raise ShapeError(
+                f"dual-plane: feature_channels is {context.feature_channels}; expected at least 3 (RGB)"
+            )
+        self.config = config
+        self.feature_channels = context.feature_channels
+        self.dpt = DPTHead(
+            tuple(context.encoder_channels), config.projection_channels, config.features, config.feature_size
+        )
+        self.split = (context.feature_channels, 1, 3, 4, 1)  # features, opacity, scale, rotation, position
+        self.heads = nn.ModuleList(
+            PlaneHead(config.features + DIRECTION_CODE, config.hidden, sum(self.split))
+            for _ in range(config.planes)
+        )
+        with torch.no_grad():  # start rotations near identity (normalising a near-zero vector is unstable)
+            for head in self.heads:
+                head.gaussian_conv[-1].bias[sum(self.split[:3])] += 1.0
+
+    def forward(self, features: FeatureMaps, source: HeadParams, camera: Camera) -> Gaussians:
+        image = features.image  # [B, 3, H, W]
+        b, dtype = image.shape[0], image.dtype
+        if camera.batch_size not in (1, b):
+            raise ShapeError(f"dual-plane: camera batch {camera.batch_size} does not match feature batch {b}")
+        camera = camera.expand(b).to(image.device)
+        camera = Camera(
+            camera.world_to_camera.to(dtype), camera.intrinsics.to(dtype), camera.width, camera.height
+        )
+        s = self.config.feature_size
+        local = self.dpt(features.local, image)  # [B, F, S, S]
+        direction = view_direction(camera)  # [B, 3]
+        code = harmonic_encoding(direction)[:, :, None, None].expand(-1, -1, s, s)  # [B, 27, S, S]
+        x = torch.cat([local, code.to(local.dtype)], dim=1)
+        plane = plane_points(camera, s)  # [B, N, 3]
+        layers = []
+        for k, head in enumerate(self.heads):
+            raw = head(x).flatten(2).transpose(1, 2)  # [B, N, C + 9]
+            feats, opacity, scale, quat, pos = raw.split(self.split, dim=-1)
+            sign = 1.0 if k == 0 else -1.0  # front layer towards the camera, back layer away
+            offset = torch.sigmoid(pos) * self.config.max_offset  # [B, N, 1]
+            layers.append(
+                Gaussians(
+                    means=plane + sign * offset * direction[:, None],
+                    quats=F.normalize(quat, dim=-1),
+                    scales=(torch.sigmoid(scale) * self.config.max_scale).clamp_min(1e-9),
+                    opacities=torch.sigmoid(opacity[..., 0]),
+                    features=torch.cat([torch.sigmoid(feats[..., :3]), feats[..., 3:]], dim=-1),
+                )
+            )
+        return layers[0] if len(layers) == 1 else Gaussians.cat(layers)
+
+
+@hookimpl
+def gshead_register_lifters(register) -> None:
+    register(DualPlaneConfig, DualPlaneLifter)
+
+
+__all__ = [
+    "DIRECTION_CODE",
+    "DualPlaneConfig",
+    "DualPlaneLifter",
+    "PlaneHead",
+    "harmonic_encoding",
+    "plane_points",
+    "view_direction",
+]
