@@ -20,4 +20,5 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gshead.plugins.refiners.identity",
     "gshead.plugins.refiners.style_unet",
     "gshead.plugins.trackers.frontal",
+    "gshead.plugins.trackers.mediapipe_tracker",
 )
