@@ -245,9 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reenact)
 
+    from gshead.commands import bench as bench_cmd
     from gshead.commands import headmodel as headmodel_cmd
 
     headmodel_cmd.add_parser(sub)
+    bench_cmd.add_parser(sub)
     return parser
 
 
