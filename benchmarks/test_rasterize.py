@@ -22,6 +22,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numba
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ from gshead.core.types import Gaussians
 from gshead.plugins.renderers.cpu import rasterize_cpu
 from gshead.plugins.renderers.torch_tiles import rasterize_tiles
 
-from conftest import SCENES, head_scene  # noqa: E402  (benchmarks/ is on sys.path via rootdir)
+from conftest import SCENES, head_scene  # pytest put benchmarks/ on sys.path to load conftest.py
 
 _reference_median: dict[str, float] = {}  # scene name -> seconds, filled by the reference benchmark
 
@@ -41,7 +42,8 @@ def _describe(benchmark, scene, rasterizer: str) -> None:
         gaussians=scene.gaussians.count,
         resolution=f"{scene.camera.width}x{scene.camera.height}",
         channels=scene.gaussians.channels,
-        threads=torch.get_num_threads(),
+        torch_threads=torch.get_num_threads(),
+        numba_threads=numba.get_num_threads(),
     )
 
 

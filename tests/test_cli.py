@@ -80,6 +80,21 @@ def test_reconstruct_then_reenact_demo_writes_the_expected_frames(avatar_file, t
     assert (info.frames, info.width, info.height) == (12, 48, 48)
 
 
+def test_main_job_on_the_embedded_default(tmp_path):
+    """The README's main job (shorter): astronaut -> avatar -> demo video, default pipeline."""
+    avatar = tmp_path / "astronaut.safetensors"
+    video = tmp_path / "astronaut.mp4"
+    assert main(["reconstruct", "example:astronaut", "-o", str(avatar), "-q"]) == 0
+    assert main(["reenact", str(avatar), "--driver", "demo", "--frames", "8", "-o", str(video), "-q"]) == 0
+    info = probe_video(video)
+    assert (info.frames, info.width, info.height, info.fps) == (8, 128, 128, 25.0)
+    from gshead.core.io import read_video
+
+    frames, _, _ = read_video(video)
+    first = next(frames)
+    assert 0.15 < float(first.mean()) < 0.85, "the video should show the portrait, not a blank frame"
+
+
 def test_reenact_from_a_tracked_sequence_file(avatar_file, tmp_path):
     from gshead.core.avatar_io import load_avatar
     from gshead.core.motion import demo_motion

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import roma
 import torch
@@ -168,7 +169,8 @@ def test_numba_projection_matches_torch_projection():
     want = project_gaussians(means, quats, gaussians.scales, camera.world_to_camera, camera.intrinsics, W, H)
     means2d, conics, depths, valid = K.project(
         means[0].numpy(), quats[0].numpy(), gaussians.scales[0].numpy(),
-        camera.world_to_camera[0].numpy(), camera.intrinsics[0].numpy(), W, H, 0.01, 0.3, 2,
+        camera.world_to_camera[0].numpy(), camera.intrinsics[0].numpy(), W, H,
+        np.float32(0.01), np.float32(0.3),
     )  # fmt: skip
     assert torch.equal(torch.from_numpy(valid), want.valid[0])
     assert not want.valid[0, :80].any() and want.valid[0, 80:].float().mean() > 0.9

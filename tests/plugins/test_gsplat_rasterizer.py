@@ -42,9 +42,11 @@ def test_registered_through_the_registry():
     assert registry.get("rasterizer", "auto").config_class is AutoRasterizerConfig
 
 
-def test_cpu_tensors_are_a_one_line_error():
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
+def test_without_cuda_unavailable_and_a_one_line_error():
+    assert "CUDA" in GsplatRasterizerConfig.unavailable()
     gaussians, camera = scene(10, 3)
-    with pytest.raises(GsheadError, match="gsplat rasterizer needs CUDA") as info:
+    with pytest.raises(GsheadError, match="gsplat rasterizer: needs a CUDA device") as info:
         rasterize_gsplat(gaussians, camera)
     assert "\n" not in str(info.value)
 
@@ -85,6 +87,16 @@ def test_gsplat_gradients_match_cpu():
         grads[device] = [t.grad.cpu() for t in leaves]
     for name, a, b in zip(["means", "quats", "scales", "opacities", "features"], grads["cuda"], grads["cpu"]):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3 * b.abs().max().item(), msg=name)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cpu_tensors_render_on_cuda_and_come_back():
+    assert GsplatRasterizerConfig.unavailable() is None
+    gaussians, camera = scene(100, 3, seed=6)
+    got = rasterize_gsplat(gaussians, camera)
+    assert got.features.device.type == "cpu"
+    assert (got.features - rasterize_cpu(gaussians, camera).features).abs().max().item() <= 1e-3
 
 
 @pytest.mark.gpu

@@ -1,27 +1,32 @@
-"""Numba kernels of the ``cpu`` rasterizer: binning, depth sort, compositing and its backward.
+"""Numba kernels of the ``cpu`` rasterizer: projection, binning, sort, compositing, backward.
 
 Imported only from inside ``gshead.plugins.renderers.cpu`` functions, never at package import:
 importing this module loads numba and (from the on-disk cache, ``cache=True``) the compiled
-kernels; the first call in a fresh environment compiles them (~20 s, once per CPU kind).
+kernels; the first call in a fresh environment compiles them (~20-40 s, once per CPU kind).
 
-All arrays are float32 / int32 numpy views of torch tensors, one camera at a time. ``N``
-Gaussians, ``C`` channels, image ``H x W``, square tiles of ``S`` pixels, ``P`` Gaussian-tile
-pairs. Semantics are gsplat's (see ``torch_tiles.py``); the one liberty taken is *which* pixels
-are looked at: a Gaussian is tested only on the pixels of the ellipse where ``o * exp(-sigma)``
-can reach 1/255 (slightly enlarged), row span by row span. The image is the same as testing
-every pixel of every tile in gsplat's 3-sigma box, since the other pixels are skipped anyway.
+All arrays are float32 / int32 numpy views of torch tensors, one camera at a time: ``N``
+Gaussians, ``C`` channels, image ``H x W``, 16 x 16 tiles, ``P`` Gaussian-tile pairs.
+Semantics are gsplat's (see ``torch_tiles.py``). The one liberty taken is *which* pixels are
+looked at: a Gaussian is binned and evaluated only inside the box of its ellipse where
+``o * exp(-sigma)`` can reach 1/255 (slightly enlarged; the per-pixel test stays exact), which
+gives the same image as gsplat's 3.33-sigma box since the other pixels are skipped anyway.
 
-Speed (see ../shared/reference/cpu-rasterization.md for the measurements behind these):
+What makes it fast (measured on the project's 2-core Zen machine, which exposes AVX2 to us):
 - stable LSD radix sort on the depth bits, then a counting scatter into tiles (no argsort);
-- per row span, a branch-free pass computes the alphas with a polynomial ``exp`` that LLVM
-  vectorises (numba has no vector math library); a scalar pass then blends the few pixels
-  that pass the 1/255 test, channels contiguous per pixel (vectorised over ``C``);
-- per-row and per-tile counters of live pixels skip rows and tiles already opaque.
+- per (Gaussian, tile) pair, one branch-free loop over the pixels of the rows it can reach
+  (``_blend_pixels``), which LLVM vectorises 8 floats wide: polynomial ``exp`` (numba has no
+  vector math library), blend decisions as selects, 32-bit counters; then the features are
+  added channel by channel over the same pixels (``_accumulate``), also vectorised;
+- things that silently block vectorisation in numba, avoided on purpose: possibly-negative
+  array indices (wraparound; hence ``np.uint64`` indices), a division's zero check (hence
+  ``error_model="numpy"``), int64 arithmetic in the loop, loops of a constant 16 (unrolled
+  instead of vectorised), and short loops (LLVM interleaves 4 vectors: 32 iterations minimum);
+- a tile stops as soon as all its pixels have stopped; rows already opaque are trimmed.
 
-Threads: each parallel kernel splits its tiles into ``nthreads`` static chunks, interleaved
-(tile t goes to chunk t % nthreads) so the dense face region is shared evenly. Each chunk owns
-its scratch (separate allocations: no false sharing) and, in the backward, its own gradient
-buffer, summed at the end: no atomics, deterministic results.
+Threads: the parallel kernels split tiles into ``nthreads`` static chunks, interleaved (tile t
+goes to chunk t % nthreads) so the dense face region is shared evenly. Each chunk owns its
+scratch (separate allocations: no false sharing) and, in the backward, its own gradient buffer,
+summed at the end: no atomics, deterministic results.
 """
 
 from __future__ import annotations
@@ -45,8 +50,7 @@ ONE = F32(1.0)
 ZERO = F32(0.0)
 I0 = np.int32(0)
 I1 = np.int32(1)
-# Tiles are 16 x 16 pixels, fixed at compile time: a tile row is one AVX-512 register of float32
-# (two AVX2 ones), and constant offsets let LLVM vectorise the row passes without alias checks.
+# Tiles are 16 x 16 pixels (gsplat's default), fixed at compile time.
 TILE = 16
 NPX = TILE * TILE
 # Room added to the alpha >= 1/255 ellipse (sigma <= ln(255 o)) so that float rounding never
@@ -96,7 +100,7 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
     """Bin Gaussians into tiles, sorted front to back within each tile.
 
     Returns ``tile_start [T+1]`` int64 (the pairs of tile t are ``ids[tile_start[t]:tile_start[t+1]]``),
-    ``ids [P]`` int32, ``params [N, 10]`` float32 (per-Gaussian constants of the composite) and
+    ``ids [P]`` int32, ``params [N, 8]`` float32 (per-Gaussian constants of the composite) and
     ``pbox [N, 4]`` int32 (pixel box a Gaussian can reach: rows y0..y1-1, columns x0..x1-1). Ties in depth
     keep the Gaussians' index order (the radix sort is stable).
     """
@@ -206,18 +210,16 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
     return tile_start, ids, params, pbox
 
 
-
-
 @njit(fastmath=_FM, error_model="numpy")
 def _blend_pixels(trans, alive, last, dep, weights, cx, cy, p0, p1, mx, my, a, b, c, o, z, count):
-    """One Gaussian over tile pixels ``p0 .. p1 - 1`` (whole rows, row-major), branch-free so
+    """One Gaussian over tile pixels ``p0 .. p1 - 1`` (row-major), branch-free so
     that LLVM vectorises it. ``trans``, ``alive`` (1 while the pixel may still blend, then 0),
     ``last`` (pairs up to the last blended one) and ``dep`` are the tile's [NPX] planes, ``cx``
     and ``cy`` its pixel centres; writes the blend weights into ``weights`` and returns (pixels
     stopped, pixels blended). Everything stays 32-bit inside the loop (8 lanes per AVX2 register).
 
-    Whole rows, not one row at a time: LLVM vectorises with 4 interleaved registers, so a
-    16-iteration loop would run entirely in its scalar remainder."""
+    Many rows in one loop, not one row at a time: LLVM vectorises with 4 interleaved
+    registers, so a 16-iteration loop would run entirely in its scalar remainder."""
     nstop = I0
     nblend = I0
     for p in range(p0, p1):
@@ -308,7 +310,11 @@ def composite(
                     params[g, _MX], params[g, _MY], params[g, _A], params[g, _B], params[g, _C],
                     params[g, _O], params[g, _Z], F32(k - s0 + 1),
                 )  # fmt: skip
-                if nblend:
+                if nblend:  # features over the blended span only (C / 8 vector ops per pixel)
+                    while weights[p0] == ZERO:
+                        p0 += 1
+                    while weights[p1 - 1] == ZERO:
+                        p1 -= 1
                     _accumulate(acc, features, g, weights, p0, p1)
                 if nstop:  # rare (once per pixel): recount the rows, trim the live row range
                     for row in range(r0, r1):
@@ -364,9 +370,9 @@ def _undo_pixels(trans, last, cx, cy, p0, p1, mx, my, a, b, c, o, kk, weights, i
 
 @njit(fastmath=_FM, error_model="numpy")
 def _undo_channels(behind, gimg, trans, weights, gal, features, g, p0, p1):
-    """Backward, step 2: ``gal[p] = sum_ch G (T f - behind)`` (dL/dalpha = gal / (1 - alpha)
-    plus the alpha and depth terms), and move the pair's colour out of ``behind`` into ... the
-    running sum of what lies behind the next pair to undo."""
+    """Backward, step 2: ``gal[p] = sum_ch G (T f - behind)`` (the features' part of dL/dalpha,
+    before the 1 / (1 - alpha) factor), then add the pair's own contribution to ``behind``, which
+    becomes what lies behind the next pair to undo (the one in front of this one)."""
     for p in range(p0, p1):
         gal[np.uint64(p)] = ZERO
     for ch in range(features.shape[1]):
@@ -540,12 +546,13 @@ def composite_backward(
     return out
 
 
-@njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
-def project(means, quats, scales, world_to_camera, intrinsics, width, height, near, eps2d, nthreads):
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def project(means, quats, scales, world_to_camera, intrinsics, width, height, near, eps2d):
     """Forward-only projection of one camera's Gaussians: the same formulas, in the same order
     of operations where it matters, as ``projection.project_gaussians`` (see its docstring), for
     renders that need no gradient. Returns ``means2d [N, 2]``, ``conics [N, 3]``, ``depths [N]``
-    float32 and ``valid [N]`` bool."""
+    float32 and ``valid [N]`` bool. Serial: a few ms, and a parallel version would add several
+    seconds to the first-call compile for little gain on 2 cores."""
     n = means.shape[0]
     means2d = np.zeros((n, 2), np.float32)
     conics = np.zeros((n, 3), np.float32)
@@ -563,76 +570,77 @@ def project(means, quats, scales, world_to_camera, intrinsics, width, height, ne
     u_hi = (F32(width) - cx) / fx + lim * tan_fovx
     v_lo = -(cy / fy + lim * tan_fovy)
     v_hi = (F32(height) - cy) / fy + lim * tan_fovy
-    nchunk = max(1, min(nthreads, n))
-    for chunk in prange(nchunk):
-        rot = np.empty((3, 3), np.float32)
-        m = np.empty((3, 3), np.float32)
-        cov = np.empty((3, 3), np.float32)
-        tmp = np.empty((3, 3), np.float32)
-        covc = np.empty((3, 3), np.float32)
-        for g in range(chunk * n // nchunk, (chunk + 1) * n // nchunk):
-            t0 = rc[0, 0] * means[g, 0] + rc[0, 1] * means[g, 1] + rc[0, 2] * means[g, 2] + world_to_camera[0, 3]
-            t1 = rc[1, 0] * means[g, 0] + rc[1, 1] * means[g, 1] + rc[1, 2] * means[g, 2] + world_to_camera[1, 3]
-            t2 = rc[2, 0] * means[g, 0] + rc[2, 1] * means[g, 1] + rc[2, 2] * means[g, 2] + world_to_camera[2, 3]
-            depths[g] = t2
-            if not t2 > near:
-                continue
-            qw = quats[g, 0]
-            qx = quats[g, 1]
-            qy = quats[g, 2]
-            qz = quats[g, 3]
-            norm = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), F32(1e-12))
-            qw /= norm
-            qx /= norm
-            qy /= norm
-            qz /= norm
-            rot[0, 0] = ONE - F32(2) * (qy * qy + qz * qz)
-            rot[0, 1] = F32(2) * (qx * qy - qw * qz)
-            rot[0, 2] = F32(2) * (qx * qz + qw * qy)
-            rot[1, 0] = F32(2) * (qx * qy + qw * qz)
-            rot[1, 1] = ONE - F32(2) * (qx * qx + qz * qz)
-            rot[1, 2] = F32(2) * (qy * qz - qw * qx)
-            rot[2, 0] = F32(2) * (qx * qz - qw * qy)
-            rot[2, 1] = F32(2) * (qy * qz + qw * qx)
-            rot[2, 2] = ONE - F32(2) * (qx * qx + qy * qy)
-            for i in range(3):
-                for j in range(3):
-                    m[i, j] = rot[i, j] * scales[g, j]
-            for i in range(3):
-                for j in range(3):
-                    cov[i, j] = m[i, 0] * m[j, 0] + m[i, 1] * m[j, 1] + m[i, 2] * m[j, 2]
-            for i in range(3):
-                for j in range(3):
-                    tmp[i, j] = rc[i, 0] * cov[0, j] + rc[i, 1] * cov[1, j] + rc[i, 2] * cov[2, j]
-            for i in range(3):
-                for j in range(3):
-                    covc[i, j] = tmp[i, 0] * rc[j, 0] + tmp[i, 1] * rc[j, 1] + tmp[i, 2] * rc[j, 2]
-            u = min(max(t0 / t2, u_lo), u_hi)
-            v = min(max(t1 / t2, v_lo), v_hi)
-            tx = t2 * u
-            ty = t2 * v
-            j00 = fx / t2
-            j02 = -fx * tx / (t2 * t2)
-            j11 = fy / t2
-            j12 = -fy * ty / (t2 * t2)
-            # cov2d = J covc J^T with J = [[j00, 0, j02], [0, j11, j12]]
-            a0 = j00 * covc[0, 0] + j02 * covc[2, 0]
-            a1 = j00 * covc[0, 1] + j02 * covc[2, 1]
-            a2 = j00 * covc[0, 2] + j02 * covc[2, 2]
-            b1 = j11 * covc[1, 1] + j12 * covc[2, 1]
-            b2 = j11 * covc[1, 2] + j12 * covc[2, 2]
-            s00 = a0 * j00 + a2 * j02 + eps2d
-            s01 = a1 * j11 + a2 * j12
-            s11 = b1 * j11 + b2 * j12 + eps2d
-            det = max(s00 * s11 - s01 * s01, F32(1e-10))
-            mx = fx * t0 / t2 + cx
-            my = fy * t1 / t2 + cy
-            means2d[g, 0] = mx
-            means2d[g, 1] = my
-            conics[g, 0] = s11 / det
-            conics[g, 1] = -s01 / det
-            conics[g, 2] = s00 / det
-            rx = math.ceil(F32(3.33) * math.sqrt(s00))
-            ry = math.ceil(F32(3.33) * math.sqrt(s11))
-            valid[g] = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+    rot = np.empty((3, 3), np.float32)
+    m = np.empty((3, 3), np.float32)
+    cov = np.empty((3, 3), np.float32)
+    tmp = np.empty((3, 3), np.float32)
+    covc = np.empty((3, 3), np.float32)
+    for g in range(n):
+        x = means[g, 0]
+        y = means[g, 1]
+        z = means[g, 2]
+        t0 = rc[0, 0] * x + rc[0, 1] * y + rc[0, 2] * z + world_to_camera[0, 3]
+        t1 = rc[1, 0] * x + rc[1, 1] * y + rc[1, 2] * z + world_to_camera[1, 3]
+        t2 = rc[2, 0] * x + rc[2, 1] * y + rc[2, 2] * z + world_to_camera[2, 3]
+        depths[g] = t2
+        if not t2 > near:
+            continue
+        qw = quats[g, 0]
+        qx = quats[g, 1]
+        qy = quats[g, 2]
+        qz = quats[g, 3]
+        norm = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), F32(1e-12))
+        qw /= norm
+        qx /= norm
+        qy /= norm
+        qz /= norm
+        rot[0, 0] = ONE - F32(2) * (qy * qy + qz * qz)
+        rot[0, 1] = F32(2) * (qx * qy - qw * qz)
+        rot[0, 2] = F32(2) * (qx * qz + qw * qy)
+        rot[1, 0] = F32(2) * (qx * qy + qw * qz)
+        rot[1, 1] = ONE - F32(2) * (qx * qx + qz * qz)
+        rot[1, 2] = F32(2) * (qy * qz - qw * qx)
+        rot[2, 0] = F32(2) * (qx * qz - qw * qy)
+        rot[2, 1] = F32(2) * (qy * qz + qw * qx)
+        rot[2, 2] = ONE - F32(2) * (qx * qx + qy * qy)
+        for i in range(3):
+            for j in range(3):
+                m[i, j] = rot[i, j] * scales[g, j]
+        for i in range(3):
+            for j in range(3):
+                cov[i, j] = m[i, 0] * m[j, 0] + m[i, 1] * m[j, 1] + m[i, 2] * m[j, 2]
+        for i in range(3):
+            for j in range(3):
+                tmp[i, j] = rc[i, 0] * cov[0, j] + rc[i, 1] * cov[1, j] + rc[i, 2] * cov[2, j]
+        for i in range(3):
+            for j in range(3):
+                covc[i, j] = tmp[i, 0] * rc[j, 0] + tmp[i, 1] * rc[j, 1] + tmp[i, 2] * rc[j, 2]
+        u = min(max(t0 / t2, u_lo), u_hi)
+        v = min(max(t1 / t2, v_lo), v_hi)
+        tx = t2 * u
+        ty = t2 * v
+        j00 = fx / t2
+        j02 = -fx * tx / (t2 * t2)
+        j11 = fy / t2
+        j12 = -fy * ty / (t2 * t2)
+        # cov2d = J covc J^T with J = [[j00, 0, j02], [0, j11, j12]]
+        a0 = j00 * covc[0, 0] + j02 * covc[2, 0]
+        a1 = j00 * covc[0, 1] + j02 * covc[2, 1]
+        a2 = j00 * covc[0, 2] + j02 * covc[2, 2]
+        b1 = j11 * covc[1, 1] + j12 * covc[2, 1]
+        b2 = j11 * covc[1, 2] + j12 * covc[2, 2]
+        s00 = a0 * j00 + a2 * j02 + eps2d
+        s01 = a1 * j11 + a2 * j12
+        s11 = b1 * j11 + b2 * j12 + eps2d
+        det = max(s00 * s11 - s01 * s01, F32(1e-10))
+        mx = fx * t0 / t2 + cx
+        my = fy * t1 / t2 + cy
+        means2d[g, 0] = mx
+        means2d[g, 1] = my
+        conics[g, 0] = s11 / det
+        conics[g, 1] = -s01 / det
+        conics[g, 2] = s00 / det
+        rx = math.ceil(F32(3.33) * math.sqrt(s00))
+        ry = math.ceil(F32(3.33) * math.sqrt(s11))
+        valid[g] = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
     return means2d, conics, depths, valid

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from gshead.core.components import BuildContext
 from gshead.core.config import RasterizerConfig
-from gshead.core.errors import ShapeError
+from gshead.core.errors import GsheadError, ShapeError
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Camera, Gaussians, Render
 from gshead.plugins.renderers.projection import Projected, check_finite, project_gaussians
@@ -69,8 +69,6 @@ def rasterize_cpu(
     if channels < 1:
         raise ShapeError("Gaussians.features: expected at least one channel, got 0")
     if gaussians.means.device.type != "cpu":
-        from gshead.core.errors import GsheadError
-
         raise GsheadError(
             f"cpu rasterizer: Gaussians are on {gaussians.means.device}; move them to the CPU "
             "or use the 'gsplat' / 'auto' rasterizer"
@@ -129,7 +127,6 @@ def _project_no_grad(gaussians: Gaussians, camera: Camera, near: float) -> Proje
             camera.height,
             np.float32(near),
             np.float32(EPS2D),
-            _threads(),
         )
         for b in range(camera.batch_size)
     ]

@@ -6,13 +6,16 @@ channel is the accumulated (not alpha-normalised) camera-space depth, and the al
 separately. Gaussians ``[B, N]`` with cameras ``[B]`` map onto gsplat's batch dimensions as
 ``[B, N]`` Gaussians seen by ``[B, 1]`` cameras.
 
-gsplat is imported lazily (its CUDA kernels build or load on first use), and only when the
-Gaussians are on a CUDA device: on a CPU-only machine this module imports and registers fine,
-and rendering raises a one-line ``GsheadError`` pointing at the ``cpu`` and ``auto`` rasterizers.
+gsplat is imported lazily (its CUDA kernels build or load on first use), only when rendering
+with CUDA available: on a CPU-only machine this module imports and registers fine, the config
+reports the component unavailable, and rendering raises a one-line ``GsheadError`` pointing at
+the ``cpu`` and ``auto`` rasterizers. CPU tensors, with CUDA available, are rendered on the
+current CUDA device and the results moved back to the CPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 import torch
@@ -36,25 +39,20 @@ def rasterize_gsplat(
     background: Tensor | None = None,  # [C] or None (zeros)
     near: float = 0.01,
 ) -> Render:
-    """Render with gsplat on the Gaussians' CUDA device (semantics of ``rasterize_tiles``).
+    """Render with gsplat on CUDA (semantics of ``rasterize_tiles``).
 
     Returns ``Render`` with features [B, C, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] in
-    the Gaussians' dtype. Raises ``GsheadError`` when the Gaussians are not on CUDA (or CUDA or
-    gsplat is unavailable) and on NaN/inf inputs; ``ShapeError`` on mismatched batches, a bad
-    background shape or zero channels.
+    the Gaussians' dtype and device (CPU inputs are rendered on the current CUDA device). Raises
+    ``GsheadError`` without CUDA or gsplat and on NaN/inf inputs; ``ShapeError`` on mismatched
+    batches, a bad background shape or zero channels.
     """
-    device = gaussians.means.device
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise GsheadError(
-            f"gsplat rasterizer needs CUDA tensors and a CUDA device; the Gaussians are on {device} "
-            f"(CUDA available: {torch.cuda.is_available()}); use the 'cpu' or 'auto' rasterizer"
-        )
-    try:
-        from gsplat import rasterization
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise GsheadError(
-            f"gsplat rasterizer: cannot import gsplat ({exc}); pip install 'gshead[cuda]'"
-        ) from None
+    reason = GsplatRasterizerConfig.unavailable()
+    if reason:
+        raise GsheadError(f"gsplat rasterizer: {reason}; use the 'cpu' or 'auto' rasterizer")
+    home = gaussians.means.device
+    device = home if home.type == "cuda" else torch.device("cuda")
+    gaussians, camera = gaussians.to(device), camera.to(device)
+    from gsplat import rasterization
 
     gaussians, camera = _broadcast(gaussians, camera)
     channels = gaussians.channels
@@ -65,6 +63,7 @@ def rasterize_gsplat(
         background = torch.zeros(channels, dtype=dtype, device=device)
     elif background.shape != (channels,):
         raise ShapeError(f"background: expected shape [{channels}], got {list(background.shape)}")
+    background = background.to(device)
     check_finite(gaussians, camera, background)
 
     f32 = torch.float32
@@ -93,7 +92,7 @@ def rasterize_gsplat(
         features=colors[:, :channels].contiguous().to(dtype),
         alpha=alphas[:, 0].permute(0, 3, 1, 2).contiguous().to(dtype),
         depth=colors[:, channels:].contiguous().to(dtype),
-    )
+    ).to(home)
 
 
 class GsplatRasterizerConfig(RasterizerConfig):
@@ -102,6 +101,14 @@ class GsplatRasterizerConfig(RasterizerConfig):
     name: Literal["gsplat"] = "gsplat"
     near_plane: float = Field(0.01, gt=0.0)
     """Gaussians whose camera-space z is at or below this (model units) are not drawn."""
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if not torch.cuda.is_available():
+            return "needs a CUDA device (torch.cuda.is_available() is False)"
+        if importlib.util.find_spec("gsplat") is None:
+            return "needs gsplat (pip install 'gshead[cuda]')"
+        return None
 
 
 class GsplatRasterizer(torch.nn.Module):
