@@ -30,7 +30,7 @@ from gshead.core.types import Gaussians
 from gshead.plugins.renderers.cpu import rasterize_cpu
 from gshead.plugins.renderers.torch_tiles import rasterize_tiles
 
-from conftest import SCENES, head_scene  # pytest put benchmarks/ on sys.path to load conftest.py
+from conftest import SCENES  # pytest put benchmarks/ on sys.path to load conftest.py
 
 _reference_median: dict[str, float] = {}  # scene name -> seconds, filled by the reference benchmark
 

@@ -57,6 +57,7 @@ from gshead.plugins.drivers.mesh_bound import rotmat_to_wxyz
 from gshead.plugins.lifters.mesh_anchored import (
     GROUP_NAMES,
     AnchorHead,
+    SurfaceGaussianSettings,
     expression_groups,
     face_motion,
     quat_wxyz_to_rotmat,
@@ -65,7 +66,7 @@ from gshead.plugins.lifters.mesh_anchored import (
 )
 
 
-class LightControlConfig(DriverConfig):
+class LightControlConfig(DriverConfig, SurfaceGaussianSettings):
     """Dynamic Gaussians on the moving triangles, posed by the mesh plus three ultra-light control heads."""
 
     test_fields: ClassVar[dict[str, Any]] = {"anchors_per_face": 1}
@@ -88,18 +89,6 @@ class LightControlConfig(DriverConfig):
     """Budget of the three control heads together; building a larger one is refused."""
     max_control_offset: float = Field(0.05, gt=0.0)
     """Largest control offset per axis, as a fraction of the head's size (tanh-bounded)."""
-    initial_opacity: float = Field(0.95, gt=0.0, lt=1.0)
-    """Opacity of every dynamic Gaussian before training."""
-    size: float = Field(0.6, gt=0.0)
-    """Initial in-plane standard deviation, in mean triangle edges / sqrt(anchors_per_face)."""
-    thickness: float = Field(0.3, gt=0.0, le=1.0)
-    """Initial standard deviation along the normal, as a fraction of the in-plane one."""
-    max_offset: float = Field(0.5, ge=0.0)
-    """Largest rest offset along the face normal, in mean triangle edges (tanh-bounded)."""
-    max_log_scale: float = Field(2.0, gt=0.0)
-    """Bound on |log(scale / initial scale)| (tanh-bounded)."""
-    seed: int = 0
-    """Seed of the anchor positions inside each triangle (not of the weights)."""
 
 
 class ControlHead(nn.Module):

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from gshead.core.components import BuildContext, HeadModel
@@ -284,7 +284,26 @@ def neutral_face(source: HeadParams) -> HeadParams:
 
 
 # ------------------------------------------------------------------ the lifter
-class MeshAnchoredConfig(LifterConfig):
+class SurfaceGaussianSettings(BaseModel):
+    """Initial shape of Gaussians anchored on triangles (shared by mesh-anchored and light-control)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    initial_opacity: float = Field(0.95, gt=0.0, lt=1.0)
+    """Opacity of every Gaussian before training."""
+    size: float = Field(0.6, gt=0.0)
+    """Initial in-plane standard deviation, in mean triangle edges / sqrt(anchors_per_face)."""
+    thickness: float = Field(0.3, gt=0.0, le=1.0)
+    """Initial standard deviation along the normal, as a fraction of the in-plane one."""
+    max_offset: float = Field(0.5, ge=0.0)
+    """Largest rest offset along the face normal, in mean triangle edges (tanh-bounded)."""
+    max_log_scale: float = Field(2.0, gt=0.0)
+    """Bound on |log(scale / initial scale)| (tanh-bounded)."""
+    seed: int = 0
+    """Seed of the anchor positions inside each triangle (not of the weights)."""
+
+
+class MeshAnchoredConfig(LifterConfig, SurfaceGaussianSettings):
     """Static Gaussians on the head model's non-moving triangles, attributes from sampled features."""
 
     test_fields: ClassVar[dict[str, Any]] = {"anchors_per_face": 1}
@@ -297,18 +316,6 @@ class MeshAnchoredConfig(LifterConfig):
     left to the driver (keep equal to the driver's); null anchors on every triangle."""
     hidden: int = Field(64, ge=4, le=1024)
     """Width of the per-anchor MLP."""
-    initial_opacity: float = Field(0.95, gt=0.0, lt=1.0)
-    """Opacity of every Gaussian before training."""
-    size: float = Field(0.6, gt=0.0)
-    """Initial in-plane standard deviation, in mean triangle edges / sqrt(anchors_per_face)."""
-    thickness: float = Field(0.3, gt=0.0, le=1.0)
-    """Initial standard deviation along the normal, as a fraction of the in-plane one."""
-    max_offset: float = Field(0.5, ge=0.0)
-    """Largest move along the face normal, in mean triangle edges (tanh-bounded)."""
-    max_log_scale: float = Field(2.0, gt=0.0)
-    """Bound on |log(scale / initial scale)| (tanh-bounded)."""
-    seed: int = 0
-    """Seed of the anchor positions inside each triangle (not of the weights)."""
 
 
 class MeshAnchoredLifter(nn.Module):

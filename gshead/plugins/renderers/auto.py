@@ -8,34 +8,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-from pydantic import Field
 from torch import Tensor
 
-from gshead.core.components import BuildContext
-from gshead.core.config import RasterizerConfig
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Camera, Gaussians, Render
-from gshead.plugins.renderers.cpu import rasterize_cpu
+from gshead.plugins.renderers.cpu import CpuRasterizer, CpuRasterizerConfig, rasterize_cpu
 from gshead.plugins.renderers.gsplat_cuda import rasterize_gsplat
 
 __all__ = ["AutoRasterizer", "AutoRasterizerConfig"]
 
 
-class AutoRasterizerConfig(RasterizerConfig):
+class AutoRasterizerConfig(CpuRasterizerConfig):
     """gsplat for CUDA Gaussians, cpu (numba) otherwise."""
 
-    name: Literal["auto"] = "auto"
-    near_plane: float = Field(0.01, gt=0.0)
-    """Gaussians whose camera-space z is at or below this (model units) are not drawn."""
+    name: Literal["auto"] = "auto"  # type: ignore[assignment]
 
 
-class AutoRasterizer(torch.nn.Module):
+class AutoRasterizer(CpuRasterizer):
     """``Rasterizer`` that dispatches on the Gaussians' device (no weights)."""
-
-    def __init__(self, config: AutoRasterizerConfig, context: BuildContext) -> None:
-        super().__init__()
-        self.config = config
 
     def forward(
         self,
