@@ -157,7 +157,8 @@ def validate_pipeline(data: Any, registry: Registry, source: str = "") -> BaseMo
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
+        # Show the most specific problem: a bad or misspelt value before a slot left out.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] == "missing")
         first = _describe(errors[0], registry, source)
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None

@@ -93,6 +93,11 @@ def test_unknown_setting_missing_slot_and_not_a_mapping(registry):
         ]))
 
 
+def test_the_most_specific_problem_is_reported_first(registry):
+    with pytest.raises(ConfigError, match=r"^encoder\.chanels: unknown field .*\(and 6 more problem\(s\)\)$"):
+        validate_pipeline({"encoder": {"name": "tiny-conv", "chanels": 3}}, registry)
+
+
 def test_bad_yaml_and_missing_file(tmp_path, registry):
     bad = tmp_path / "bad.yaml"
     bad.write_text("encoder: {name: tiny-conv\nlifter: [", encoding="utf-8")
