@@ -101,6 +101,18 @@ class Gaussians(_Container):
             raise ShapeError(f"Gaussians: cannot expand batch {self.batch_size} to {batch_size}")
         return Gaussians(*(t.expand(batch_size, *t.shape[1:]) for t in self.tensors().values()))
 
+    def moved(self, means: Tensor, quats: Tensor) -> Gaussians:
+        """These Gaussians (a batch of one) at new ``means`` [B, N, 3] and ``quats`` [B, N, 4];
+        scales, opacities and features are broadcast to B without copying."""
+        b = means.shape[0]
+        return Gaussians(
+            means=means,
+            quats=quats,
+            scales=self.scales.expand(b, -1, -1),
+            opacities=self.opacities.expand(b, -1),
+            features=self.features.expand(b, -1, -1),
+        )
+
     @staticmethod
     def cat(parts: list[Gaussians]) -> Gaussians:
         """Concatenate along the Gaussian axis (batches broadcast from 1)."""

@@ -192,14 +192,7 @@ class ExpressionGaussiansDriver(nn.Module):
         d = rig.dynamic
         q = d.quats  # [1, V, 4] (w, x, y, z) in each triangle's frame
         local = roma.unitquat_to_rotmat(torch.cat([q[..., 1:], q[..., :1]], dim=-1))  # [1, V, 3, 3]
-        b = params.batch_size
-        return Gaussians(
-            means=means,
-            quats=rotmat_to_wxyz(frames @ local.to(frames.dtype)),
-            scales=d.scales.expand(b, -1, -1),
-            opacities=d.opacities.expand(b, -1),
-            features=d.features.expand(b, -1, -1),
-        )
+        return d.moved(means, rotmat_to_wxyz(frames @ local.to(frames.dtype)))
 
 
 @hookimpl

@@ -216,13 +216,7 @@ class LightControlDriver(nn.Module):
         means = points + (rot @ self.offsets(avatar, params)[..., None])[..., 0]
         local = quat_wxyz_to_rotmat(rig.dynamic.quats)  # [1, M, 3, 3]
         d = rig.dynamic
-        return Gaussians(
-            means=means,
-            quats=rotmat_to_wxyz(rot @ local),
-            scales=d.scales.expand(b, -1, -1),
-            opacities=d.opacities.expand(b, -1),
-            features=d.features.expand(b, -1, -1),
-        )
+        return d.moved(means, rotmat_to_wxyz(rot @ local))
 
 
 @hookimpl

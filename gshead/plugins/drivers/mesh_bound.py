@@ -126,15 +126,7 @@ class MeshBoundDriver(nn.Module):
         verts = hm(params).vertices  # [B, V, 3]
         means = posed_points(rig.binding, verts, hm.faces)
         quats = rotmat_to_wxyz(posed_rotations(rig.binding, verts, hm.faces))
-        b = params.batch_size
-        d = rig.dynamic
-        return Gaussians(
-            means=means,
-            quats=quats,
-            scales=d.scales.expand(b, -1, -1),
-            opacities=d.opacities.expand(b, -1),
-            features=d.features.expand(b, -1, -1),
-        )
+        return rig.dynamic.moved(means, quats)
 
 
 @hookimpl
