@@ -120,6 +120,8 @@ def cmd_reconstruct(args) -> int:
         bar.update()
         bar.set_postfix_str("building pipeline")
         pipeline = Pipeline.from_yaml(args.pipeline or default_pipeline_path())
+        if args.weights:
+            pipeline.load_weights(args.weights)
         bar.update()
         bar.set_postfix_str("cropping, tracking, encoding, lifting")
         avatar = pipeline.reconstruct(pipeline.prepare_image(image))
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="portrait image file, or example:astronaut")
     p.add_argument("-o", "--output", required=True, help="avatar file to write (.safetensors)")
     p.add_argument("--pipeline", help="pipeline YAML (default: the embedded default)")
+    p.add_argument("--weights", help="pipeline-weights file for this pipeline (written by 'gshead import')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -247,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gshead.commands import bench as bench_cmd
     from gshead.commands import headmodel as headmodel_cmd
+    from gshead.commands import importers as importers_cmd
 
     headmodel_cmd.add_parser(sub)
+    importers_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
     return parser
 

@@ -24,7 +24,6 @@ from gshead.core.types import Avatar, Camera, CropBox, Gaussians, HeadParams, Pr
 # Reconstruction-time kinds: a driving session must never reach one of these.
 RECONSTRUCTION_KINDS: tuple[Kind, ...] = ("encoder", "lifter", "tracker")
 
-
 def _seeded(seed: int, build):
     """Run ``build()`` with torch's RNG seeded, leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
@@ -75,6 +74,13 @@ class Pipeline:
     def default(cls, registry: Registry | None = None) -> Pipeline:
         """The embedded default pipeline (``gshead/configs/default.yaml``)."""
         return cls.from_yaml(default_pipeline_path(), registry)
+
+    def load_weights(self, path) -> None:
+        """Load a pipeline-weights file (``gshead import``) into this pipeline's modules, strictly
+        (see ``gshead.core.weights``); one-line ``AvatarFileError`` when it does not fit."""
+        from gshead.core.weights import load_pipeline_weights
+
+        load_pipeline_weights(self, path)
 
     def components(self) -> dict[Kind, Any]:
         return {kind: getattr(self, "head_model" if kind == "headmodel" else kind) for kind in KINDS}

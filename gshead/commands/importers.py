@@ -1,0 +1,253 @@
+"""``gshead import``: convert another project's trained checkpoint into a gshead pipeline-weights file.
+
+    gshead import gagavatar CKPT -o WEIGHTS.safetensors [--pipeline YAML]
+
+GAGAvatar (``xg-chu/GAGAvatar``): a ``.pt``/``.pth`` holding ``{'model': state_dict, 'meta_cfg': ...}``
+(or a bare state dict), read with ``torch.load(weights_only=True)``; nothing else is unpickled.
+Key mapping (see the docstrings of ``dual_plane``, ``dpt``, ``expression_gaussians``, ``style_unet``):
+
+=====================================  =========================================================
+GAGAvatar                              gshead pipeline-weights key
+=====================================  =========================================================
+``base_model.dino_model.<hub name>``   ``encoder.backbone.<transformers name>`` (``hub_to_hf``:
+                                       ``attn.qkv`` is split into ``q_proj``/``k_proj``/``v_proj``)
+``base_model.<rest>``                  ``lifter.dpt.<rest>``
+``gs_generator_l{k}.gaussian_conv.*``  ``lifter.heads.{k}.gaussian_conv.*``
+``gs_generator_g.<rest>``              ``driver.<rest>``
+``head_base``                          ``driver.head_base`` (needs a 5,023-vertex head model: FLAME)
+``upsampler.<rest>``                   ``refiner.<rest>``
+``upsampler.toRGB.*``, ``percep_loss.*``  dropped (training only)
+=====================================  =========================================================
+
+Every remaining key must land on a tensor of the pipeline's encoder, lifter, driver or refiner
+with the same shape, and every tensor of those modules must be covered; otherwise one line
+names (a few of) the missing, unexpected and mis-shaped keys and nothing is written.
+
+The output (written atomically) is a safetensors file with tensors ``<slot>.<param>`` (the
+modules' float dtype) and metadata ``format: gshead.weights``, ``format_version: 1``,
+``pipeline`` (the validated pipeline config as JSON) and ``source``; ``Pipeline.load_weights``
+and ``gshead reconstruct --weights`` read it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gshead.core.errors import AvatarFileError, ConfigError
+
+GAGAVATAR_COMPONENTS = {
+    "encoder": "dinov2",
+    "lifter": "dual-plane",
+    "driver": "expression-gaussians",
+    "refiner": "style-unet",
+}
+FLAME_VERTICES = 5023
+DROPPED_PREFIXES = ("percep_loss.", "upsampler.toRGB.")
+
+
+def default_gagavatar_yaml() -> Path:
+    """``configs/gagavatar.yaml`` of the source tree (the official sizes)."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "gagavatar.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; pass the GAGAvatar pipeline YAML with --pipeline")
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+def read_checkpoint(path: Path) -> dict[str, Tensor]:
+    """The flat state dict of a GAGAvatar checkpoint (``{'model': sd, ...}`` or bare), weights only."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvatarFileError(f"{path}: no such checkpoint file")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad, truncated or foreign files
+        raise AvatarFileError(
+            f"{path}: not a readable weights-only torch checkpoint ({_first_line(exc)}); it may be truncated or corrupt"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise AvatarFileError(f"{path}: expected a state dict of tensors (or {{'model': state_dict, ...}})")
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def map_gagavatar(state: dict[str, Tensor]) -> tuple[dict[str, dict[str, Tensor]], list[str]]:
+    """GAGAvatar keys -> ``{slot: {param: tensor}}`` and the keys that map nowhere.
+
+    ``percep_loss.*`` and ``upsampler.toRGB.*`` are dropped."""
+    from gshead.plugins.encoders.vit import hub_to_hf
+
+    slots: dict[str, dict[str, Tensor]] = {s: {} for s in GAGAVATAR_COMPONENTS}
+    dino: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        if key.startswith(DROPPED_PREFIXES):
+            continue
+        if key.startswith("base_model.dino_model."):
+            dino[key[len("base_model.dino_model.") :]] = value
+        elif key.startswith("base_model."):
+            slots["lifter"]["dpt." + key[len("base_model.") :]] = value
+        elif key.startswith("gs_generator_l") and ".gaussian_conv." in key:
+            index, rest = key[len("gs_generator_l") :].split(".", 1)
+            if not index.isdigit():
+                unknown.append(key)
+                continue
+            slots["lifter"][f"heads.{index}.{rest}"] = value
+        elif key.startswith("gs_generator_g."):
+            slots["driver"][key[len("gs_generator_g.") :]] = value
+        elif key == "head_base":
+            slots["driver"]["head_base"] = value
+        elif key.startswith("upsampler."):
+            slots["refiner"][key[len("upsampler.") :]] = value
+        else:
+            unknown.append(key)
+    try:
+        converted = hub_to_hf(dino)
+    except Exception as exc:  # noqa: BLE001 - a qkv that does not split in 3
+        raise AvatarFileError(f"GAGAvatar checkpoint: DINOv2 weights do not convert ({_first_line(exc)})") from None
+    slots["encoder"] = {"backbone." + k: v for k, v in converted.items()}
+    return slots, unknown
+
+
+def gagavatar_name(slot: str, key: str) -> str:
+    """The GAGAvatar key that maps to gshead ``slot``'s ``key``, for error messages (DINOv2 keys,
+    renamed and split by ``hub_to_hf``, are shown under gshead's name)."""
+    ours = f"{slot}.{key}"
+    if slot == "encoder":
+        return f"base_model.dino_model.* ({ours})"
+    if slot == "lifter" and key.startswith("dpt."):
+        theirs = "base_model." + key[len("dpt.") :]
+    elif slot == "lifter" and key.startswith("heads."):
+        index, rest = key[len("heads.") :].split(".", 1)
+        theirs = f"gs_generator_l{index}.{rest}"
+    elif slot == "driver":
+        theirs = key if key == "head_base" else "gs_generator_g." + key
+    elif slot == "refiner":
+        theirs = "upsampler." + key
+    else:
+        return ours
+    return f"{theirs} ({ours})"
+
+
+def _build_pipeline(pipeline_yaml: Path | None):
+    import warnings
+
+    from gshead.core.pipeline import Pipeline
+
+    path = pipeline_yaml or default_gagavatar_yaml()
+    with warnings.catch_warnings():  # built for its keys and shapes only: a random backbone is expected
+        warnings.filterwarnings("ignore", message=".*runs randomly initialised", category=UserWarning)
+        return Pipeline.from_yaml(path)
+
+
+def import_gagavatar(
+    checkpoint: Path, output: Path, pipeline_yaml: Path | None = None, *, pipeline: Any = None
+) -> dict:
+    """Convert a GAGAvatar checkpoint into a pipeline-weights file at ``output``.
+
+    :param pipeline_yaml: the pipeline the weights are for (default ``configs/gagavatar.yaml``).
+    :param pipeline: an already built ``Pipeline`` to use instead of building ``pipeline_yaml``
+        (its modules' state dicts give the expected keys and shapes; they are not modified).
+    :returns: a summary: output path, source, tensors and parameters per slot, dropped keys.
+    """
+    from safetensors.torch import save_file
+
+    from gshead.core.config import dump_pipeline
+    from gshead.core.io import atomic_output
+    from gshead.core.weights import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, state_dict_problems
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    state = read_checkpoint(checkpoint)
+    if pipeline is None:
+        pipeline = _build_pipeline(pipeline_yaml)
+    config: Any = pipeline.config
+    wrong = [f"{s} {getattr(config, s).name!r}" for s, n in GAGAVATAR_COMPONENTS.items() if getattr(config, s).name != n]
+    if wrong:
+        need = ", ".join(f"{s} {n!r}" for s, n in GAGAVATAR_COMPONENTS.items())
+        raise ConfigError(f"import gagavatar: the pipeline has {', '.join(wrong)}; GAGAvatar weights need {need}")
+    head_base = state.get("head_base")
+    vertices = int(pipeline.head_model.template.shape[0])
+    if head_base is not None and head_base.dim() == 2 and head_base.shape[0] != vertices:
+        raise ConfigError(
+            f"import gagavatar: head_base has {head_base.shape[0]} rows (one per FLAME vertex) but the pipeline's "
+            f"head model {config.headmodel.name!r} has {vertices} vertices; use headmodel: flame"
+        )
+    dropped = sorted(k for k in state if k.startswith(DROPPED_PREFIXES))
+    slots, unknown = map_gagavatar(state)
+    problems = [f"unexpected {len(unknown)} keys: {', '.join(sorted(unknown)[:3])}" + (
+        f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else "")] if unknown else []
+    owns = {slot: getattr(pipeline, slot).state_dict() for slot in GAGAVATAR_COMPONENTS}
+    for slot, own in owns.items():
+        problems += state_dict_problems(own, slots[slot], name=lambda k, s=slot: gagavatar_name(s, k))
+    if problems:
+        raise AvatarFileError(f"{checkpoint}: does not fit the GAGAvatar pipeline: " + "; ".join(problems))
+
+    tensors: dict[str, Tensor] = {}
+    for slot, own in owns.items():
+        for key, value in slots[slot].items():
+            target = own[key]
+            value = value.detach()
+            if value.dtype != target.dtype:
+                value = value.to(target.dtype)
+            tensors[f"{slot}.{key}"] = value.contiguous()
+    metadata = {
+        "format": WEIGHTS_FORMAT,
+        "format_version": WEIGHTS_FORMAT_VERSION,
+        "pipeline": dump_pipeline(config),
+        "source": f"gagavatar {checkpoint.name}",
+    }
+    with atomic_output(output) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return {
+        "output": str(output),
+        "source": metadata["source"],
+        "tensors": {s: len(slots[s]) for s in GAGAVATAR_COMPONENTS},
+        "parameters": {s: int(sum(v.numel() for v in slots[s].values())) for s in GAGAVATAR_COMPONENTS},
+        "dropped": len(dropped),
+    }
+
+
+def cmd_import_gagavatar(args) -> int:
+    import json
+
+    torch.set_grad_enabled(False)
+    summary = import_gagavatar(
+        Path(args.checkpoint), Path(args.output), Path(args.pipeline) if args.pipeline else None
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    total = sum(summary["parameters"].values())
+    print(
+        f"wrote {summary['output']}: {sum(summary['tensors'].values())} tensors, {total / 1e6:.1f}M parameters "
+        f"from {summary['source']} ({summary['dropped']} training-only keys dropped)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("import", help="convert another project's checkpoint into a gshead weights file")
+    isub = p.add_subparsers(dest="import_command", required=True, metavar="SOURCE")
+    g = isub.add_parser("gagavatar", help="a GAGAvatar checkpoint (.pt/.pth) -> pipeline-weights .safetensors")
+    g.add_argument("checkpoint", help="GAGAvatar checkpoint ({'model': state_dict, ...} or a bare state dict)")
+    g.add_argument("-o", "--output", required=True, help="pipeline-weights file to write (.safetensors)")
+    g.add_argument("--pipeline", help="pipeline YAML the weights are for (default: configs/gagavatar.yaml)")
+    g.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    g.set_defaults(func=cmd_import_gagavatar)
