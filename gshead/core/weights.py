@@ -22,7 +22,8 @@ WEIGHTS_FORMAT_VERSION = "1"
 WEIGHT_SLOTS: tuple[Kind, ...] = ("encoder", "lifter", "driver", "refiner")
 
 
-def _few(keys, n: int = 3) -> str:
+def preview_keys(keys, n: int = 3) -> str:
+    """The first ``n`` of ``keys`` (sorted), and how many more: for one-line errors."""
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
@@ -37,9 +38,9 @@ def state_dict_problems(own: dict[str, Tensor], state: dict[str, Tensor], prefix
     wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} keys: {_few(missing)}")
+        problems.append(f"missing {len(missing)} keys: {preview_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys: {_few(unexpected)}")
+        problems.append(f"unexpected {len(unexpected)} keys: {preview_keys(unexpected)}")
     if wrong:
         shown = ", ".join(
             f"{name(k)} {list(state[k].shape)} != {list(own[k].shape)}" for k in wrong[:3]

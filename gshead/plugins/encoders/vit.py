@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from gshead.core.errors import AvatarFileError, GsheadError, ShapeError
 from gshead.core.types import FeatureMaps
+from gshead.core.weights import preview_keys, state_dict_problems
 
 PATCH = 14
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -272,28 +273,9 @@ def shape_of_state_dict(state: dict[str, Tensor]) -> str:
     return f"hidden={hidden}, {len(blocks)} blocks, {mlp}, {registers} registers"
 
 
-def _few(keys, n: int = 4) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def load_strict(model: nn.Module, state: dict[str, Tensor], source: str, expected: str) -> None:
     """Copy ``state`` into ``model``; any missing, unexpected or mis-shaped key is a one-line error."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} keys: {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys: {_few(unexpected)}")
-    if wrong:
-        k = sorted(wrong)[0]
-        problems.append(
-            f"{len(wrong)} keys of the wrong shape, e.g. {k} {list(state[k].shape)} != {list(own[k].shape)}"
-        )
+    problems = state_dict_problems(model.state_dict(), state)
     if problems:
         raise AvatarFileError(
             f"weights {source} do not fit ({expected}); checkpoint looks like "
@@ -305,7 +287,7 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], source: str, expecte
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise AvatarFileError(f"weights {source}: nothing loaded into {_few(left)}")
+        raise AvatarFileError(f"weights {source}: nothing loaded into {preview_keys(left, 4)}")
 
 
 # -- reading local weights -----------------------------------------------------------------
@@ -430,7 +412,7 @@ def load_backbone(shape: VitShape, weights: str | None, label: str, default_imag
         if pos is None or pos.dim() != 3:
             raise AvatarFileError(
                 f"weights {path}: no pos_embed [1, N, D]; expected a torch-hub DINOv2 state dict "
-                f"(keys like {_few(list(state), 3)})"
+                f"(keys like {preview_keys(list(state))})"
             )
         side = round((pos.shape[1] - 1) ** 0.5)
         if side * side != pos.shape[1] - 1:
