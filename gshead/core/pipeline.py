@@ -19,7 +19,7 @@ from gshead.core import contract
 from gshead.core.components import KINDS, BuildContext, Kind
 from gshead.core.config import default_pipeline_path, dump_pipeline, load_pipeline, validate_pipeline
 from gshead.core.registry import Registry, get_registry
-from gshead.core.types import Avatar, Camera, CropBox, Gaussians, HeadParams, Provenance
+from gshead.core.types import Avatar, Camera, CropBox, Gaussians, HeadParams, Provenance, Render
 
 # Reconstruction-time kinds: a driving session must never reach one of these.
 RECONSTRUCTION_KINDS: tuple[Kind, ...] = ("encoder", "lifter", "tracker")
@@ -103,13 +103,21 @@ class Pipeline:
         :param source: the portrait's head parameters; tracked when None.
         :param camera: the portrait's camera; tracked when None.
         """
+        return frozen_copy(self.build_avatar(image, source, camera))
+
+    def build_avatar(
+        self, image: Tensor, source: HeadParams | None = None, camera: Camera | None = None
+    ) -> Avatar:
+        """``reconstruct`` without ``no_grad`` and without the frozen copy: the avatar's tensors keep
+        their autograd history, for training and test-time fitting. Inference uses ``reconstruct``."""
         from gshead.core.errors import InputError
 
         size = self.config.source_size  # type: ignore[attr-defined]
         if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[2:] != (size, size):
             raise InputError(f"reconstruct: expected an image of shape [1, 3, {size}, {size}], got {list(image.shape)}")
         if source is None or camera is None:
-            tracked = self.tracker.track(image)
+            with torch.no_grad():
+                tracked = self.tracker.track(image)
             source = source if source is not None else tracked.params
             camera = camera if camera is not None else tracked.camera
         view = camera.moved(source.pose_matrix())  # lift in head space: head pose is camera motion
@@ -123,8 +131,30 @@ class Pipeline:
             torch_version=torch.__version__,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
-        avatar = Avatar(static=static, rig=rig, source=source, camera=camera, provenance=provenance)
-        return frozen_copy(avatar)
+        return Avatar(static=static, rig=rig, source=source, camera=camera, provenance=provenance)
+
+    def forward_frames(
+        self, avatar: Avatar, params: HeadParams, camera: Camera | None = None, background: Tensor | None = None
+    ) -> tuple[Render, Tensor]:
+        """Differentiable driving of ``avatar`` (from ``build_avatar``) for B frames: the coarse
+        render (``Render``, [B, C, H, W] features) and the refined image [B, 3, H, W]. ``camera``
+        defaults to the avatar's source camera at ``render_size``. The contract is not checked here
+        (training changes weights on purpose); inference goes through ``session``."""
+        if camera is None:
+            size = self.config.render_size  # type: ignore[attr-defined]
+            camera = avatar.camera.resized(size, size * avatar.camera.height // avatar.camera.width)
+        return drive_frames(avatar, params, camera, self.driver, self.rasterizer, self.refiner, background)
+
+    def trainable_modules(self) -> dict[Kind, torch.nn.Module]:
+        """The pipeline's ``nn.Module`` components by kind (head model and tracker excluded: they
+        are fixed models, not learned by gshead's trainer)."""
+        out: dict[Kind, torch.nn.Module] = {}
+        for kind, component in self.components().items():
+            if kind in ("headmodel", "tracker"):
+                continue
+            if isinstance(component, torch.nn.Module):
+                out[kind] = component
+        return out
 
     def session(self, avatar: Avatar, render_size: int | None = None, **kwargs) -> DrivingSession:
         """A driving session for ``avatar`` using this pipeline's driving components."""
@@ -198,14 +228,38 @@ class DrivingSession:
         The avatar's identity replaces ``params.identity`` (drive with anyone's expressions).
         ``camera`` defaults to the source camera at the session's render size.
         """
-        b = params.batch_size
-        params = params.replace(identity=self.avatar.source.identity.expand(b, -1))
-        camera = (camera or self.camera).expand(b).moved(params.pose_matrix())
-        posed = self.driver.drive(self.avatar, params)
-        self._guard.check("driver")
-        gaussians = Gaussians.cat([self.avatar.static, posed])
-        render = self.rasterizer(gaussians, camera, self.background)
-        self._guard.check("rasterizer")
-        image = self.refiner(render)
-        self._guard.check("refiner")
+        _render, image = drive_frames(
+            self.avatar, params, camera or self.camera, self.driver, self.rasterizer, self.refiner,
+            self.background, check=self._guard.check,
+        )
         return image
+
+
+def drive_frames(
+    avatar: Avatar,
+    params: HeadParams,
+    camera: Camera,
+    driver,
+    rasterizer,
+    refiner,
+    background: Tensor | None = None,
+    check=None,
+) -> tuple[Render, Tensor]:
+    """One driving step for B frames, differentiable: the avatar's identity replaces
+    ``params.identity``, the driver poses the rig, the head pose becomes camera motion, the
+    rasterizer splats static + posed Gaussians, the refiner makes RGB. Returns the ``Render``
+    ([B, C, H, W]) and the image [B, 3, H, W]. ``check(stage)`` runs after each stage when given."""
+    b = params.batch_size
+    params = params.replace(identity=avatar.source.identity.expand(b, -1))
+    camera = camera.expand(b).moved(params.pose_matrix())
+    posed = driver.drive(avatar, params)
+    if check:
+        check("driver")
+    gaussians = Gaussians.cat([avatar.static, posed])
+    render = rasterizer(gaussians, camera, background)
+    if check:
+        check("rasterizer")
+    image = refiner(render)
+    if check:
+        check("refiner")
+    return render, image

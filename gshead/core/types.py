@@ -353,3 +353,40 @@ class Tracked(_Container):
 
     params: HeadParams  # [B]
     camera: Camera  # [B] (head pose lives in params.rotation/translation)
+
+
+@dataclass(frozen=True)
+class ReenactmentSample(_Container):
+    """One training / evaluation item: a source portrait of one person and T target frames.
+
+    For self-reenactment the targets show the same person (their images are the ground truth);
+    for cross-reenactment they show someone else and only their tracked parameters are used.
+    Images are crops at the pipeline's ``source_size`` S, in [0, 1].
+    """
+
+    source_image: Tensor  # [1, 3, S, S]
+    source: HeadParams  # [1] the source's head parameters
+    source_camera: Camera  # [1] the source's camera (pose lives in ``source``)
+    target_images: Tensor  # [T, 3, S, S]
+    targets: HeadParams  # [T] the targets' head parameters
+    target_camera: Camera  # [T] the targets' cameras
+
+    def __post_init__(self) -> None:
+        _expect("ReenactmentSample.source_image", self.source_image, (1, 3, None, None))
+        s = self.source_image.shape[-1]
+        t = self.targets.batch_size
+        _expect("ReenactmentSample.target_images", self.target_images, (t, 3, s, s))
+        if self.source.batch_size != 1 or self.source_camera.batch_size != 1:
+            raise ShapeError("ReenactmentSample: source params and camera must have batch 1")
+        if self.target_camera.batch_size != t:
+            raise ShapeError(
+                f"ReenactmentSample: {t} targets but {self.target_camera.batch_size} target cameras"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.source_image.shape[-1]
+
+    @property
+    def frames(self) -> int:
+        return self.targets.batch_size
