@@ -129,6 +129,16 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n / np.where(norm > 0, norm, 1.0)
 
 
+def orthographic_pixels(vertices: np.ndarray, size: int, margin: float = 0.06) -> np.ndarray:
+    """Pixel coordinates [V, 2] (column, row) of ``rasterize``'s front view: the mesh's x/y bounding
+    box fitted into a ``size`` square with ``margin``, y up -> rows down."""
+    v = np.asarray(vertices, dtype=np.float64)
+    lo, hi = v[:, :2].min(0), v[:, :2].max(0)
+    scale = (1.0 - 2 * margin) * size / max(float((hi - lo).max()), 1e-12)
+    centre = 0.5 * (lo + hi)
+    return np.stack([(v[:, 0] - centre[0]) * scale + size / 2.0, size / 2.0 - (v[:, 1] - centre[1]) * scale], 1)
+
+
 def rasterize(vertices: np.ndarray, faces: np.ndarray, size: int, margin: float = 0.06) -> np.ndarray:
     """A shaded front view [size, size, 3] in [0, 1]: orthographic along -z, z-buffer, Lambert.
 
@@ -138,11 +148,8 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, size: int, margin: float 
     """
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
-    lo, hi = v[:, :2].min(0), v[:, :2].max(0)
-    scale = (1.0 - 2 * margin) * size / max(float((hi - lo).max()), 1e-12)
-    centre = 0.5 * (lo + hi)
-    px = (v[:, 0] - centre[0]) * scale + size / 2.0  # column
-    py = size / 2.0 - (v[:, 1] - centre[1]) * scale  # row (y up -> rows down)
+    pixels = orthographic_pixels(v, size, margin)
+    px, py = pixels[:, 0], pixels[:, 1]
     z = v[:, 2]
     normals = vertex_normals(v, f)
     light = np.array([-0.35, 0.45, 0.82])

@@ -111,6 +111,10 @@ class AnnyHeadConfig(HeadModelConfig):
     """Include Anny's local head/face changes (both directions of each) in the identity."""
     cache_dir: str | None = None
     """Folder for the converted model; default: $GSHEAD_CACHE_DIR, else ~/.cache/gshead."""
+    mediapipe_landmarks: bool = False
+    """Add MediaPipe's 478 face-mesh points to the landmarks, named ``mediapipe_000`` ...
+    ``mediapipe_477`` (embedding shipped with gshead, rebuilt by
+    ``scripts/build_anny_mediapipe_embedding.py``; accuracy in ``docs/anny-mediapipe-embedding.md``)."""
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -470,15 +474,46 @@ class AnnyHeadModel(LinearHeadModel):
             joint_names=meta["joint_names"],
             jaw_joint=meta["jaw_joint"],
             eye_joints=tuple(meta["eye_joints"]),
-            landmark_faces=tensors["landmark_faces"],
-            landmark_barycentric=tensors["landmark_barycentric"],
-            landmark_names=meta["landmark_names"],
+            **_landmarks_with_mediapipe(tensors, meta, config),
             name="anny-head",
         )
         self.identity_names: tuple[str, ...] = tuple(meta["identity_names"])
         self.conversion = meta
         self.config = config
         self.cache_file = cache_path(config)
+
+
+MEDIAPIPE_EMBEDDING = Path(__file__).parent / "data" / "anny_head_mediapipe478.safetensors"
+"""The shipped MediaPipe 478-point embedding on anny-head's mesh."""
+
+
+def mediapipe_embedding(faces: torch.Tensor, path: Path = MEDIAPIPE_EMBEDDING) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """MediaPipe's 478 face-mesh points on anny-head: triangle index [478], barycentric weights
+    [478, 3] and the file's metadata (views, measured accuracy). Refuses a file built for another
+    mesh (compares the face count and a hash of the faces)."""
+    from gshead.core.errors import AvatarFileError
+    from gshead.core.io import read_safetensors
+
+    tensors, meta = read_safetensors(path, "landmark embedding", AvatarFileError)
+    digest = hashlib.sha256(faces.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    if meta.get("faces") != str(faces.shape[0]) or meta.get("faces_sha256_16") != digest:
+        raise AvatarFileError(
+            f"{path}: built for a mesh with {meta.get('faces')} faces (hash {meta.get('faces_sha256_16')}), "
+            f"but this anny-head has {faces.shape[0]} faces (hash {digest}); rebuild it with "
+            "scripts/build_anny_mediapipe_embedding.py"
+        )
+    return tensors["face_index"].long(), tensors["barycentric"].float(), meta
+
+
+def _landmarks_with_mediapipe(tensors: dict, meta: dict, config: AnnyHeadConfig) -> dict:
+    """The landmark arguments of ``LinearHeadModel``: the named ones, plus MediaPipe's when asked."""
+    faces, bary, names = tensors["landmark_faces"], tensors["landmark_barycentric"], list(meta["landmark_names"])
+    if config.mediapipe_landmarks:
+        mp_faces, mp_bary, _ = mediapipe_embedding(tensors["faces"])
+        faces = torch.cat([faces, mp_faces.to(faces)])
+        bary = torch.cat([bary, mp_bary.to(bary)])
+        names += [f"mediapipe_{i:03d}" for i in range(mp_faces.shape[0])]
+    return {"landmark_faces": faces, "landmark_barycentric": bary, "landmark_names": names}
 
 
 @hookimpl

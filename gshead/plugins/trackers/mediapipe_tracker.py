@@ -71,6 +71,18 @@ MEDIAPIPE_LANDMARKS: dict[str, tuple[int, ...]] = {
     "chin": (152,),
 }
 
+def mediapipe_indices(name: str) -> tuple[int, ...] | None:
+    """MediaPipe face-mesh indices for a head-model landmark name: ``MEDIAPIPE_LANDMARKS``'s named
+    features, or ``mediapipe_NNN`` for a dense embedding of point NNN (``anny-head`` with
+    ``mediapipe_landmarks: true``); None when the name is neither."""
+    if name in MEDIAPIPE_LANDMARKS:
+        return MEDIAPIPE_LANDMARKS[name]
+    prefix, _, number = name.partition("_")
+    if prefix == "mediapipe" and number.isdigit() and int(number) < MEDIAPIPE_POINTS:
+        return (int(number),)
+    return None
+
+
 DEFAULT_EXPRESSIONS: tuple[str, ...] = (
     "eyeBlinkLeft",
     "eyeBlinkRight",
@@ -338,7 +350,7 @@ class MediapipeTracker(nn.Module):
         # would register it as a submodule (its weights duplicated in this tracker's state dict).
         self._head = (head,)
         names = tuple(getattr(head, "landmark_names", ()))
-        used = [n for n in names if n in MEDIAPIPE_LANDMARKS]
+        used = [n for n in names if mediapipe_indices(n) is not None]
         if len(used) < 6:
             raise ConfigError(
                 f"mediapipe: the head model has {len(used)} landmarks named like MEDIAPIPE_LANDMARKS "
@@ -346,7 +358,7 @@ class MediapipeTracker(nn.Module):
             )
         self.landmark_names = tuple(used)
         self._model_index = torch.tensor([names.index(n) for n in used], dtype=torch.long)
-        self._mp_index = [MEDIAPIPE_LANDMARKS[n] for n in used]
+        self._mp_index = [mediapipe_indices(n) for n in used]
         known = tuple(head.expression_names)
         if config.expressions is None:
             self.expressions = tuple(e for e in DEFAULT_EXPRESSIONS if e in known)
