@@ -1,82 +1,257 @@
-"""Scene builders for the rasterizer benchmarks (also loaded by tests/plugins/test_cpu_rasterizer.py).
+"""Shared fixtures of the benchmark suite: mode, built pipelines, devices, result tables.
 
-Head-like layouts, as the avatars render them: most Gaussians on the surface of an ellipsoid
-head (a thin shell, small anisotropic splats, mostly opaque), the rest on a plane behind it
-(hair / backdrop), seen by a frontal camera that frames the head.
+    make bench-quick                       # GSHEAD_BENCH=quick (the default; what CI runs)
+    make bench                             # GSHEAD_BENCH=full, saved and compared with the baseline
+    GSHEAD_BENCH=full python -m pytest benchmarks --benchmark-enable -k separated-cpu
 
-    A = head_scene(50_000, 256, 32)    B = head_scene(180_000, 512, 32)
+The repository's pytest options disable benchmarks (``--benchmark-disable``): without
+``--benchmark-enable`` every benchmark runs once as a smoke test and no target is asserted.
+Modes (``gshead.benchmarking.MODES``): quick runs single-threaded, small sizes, few rounds, and
+asserts only ratios; full runs the issues' sizes with all threads and asserts their targets.
+
+Stages, one file and one benchmark group each (``@pytest.mark.benchmark(group=STAGE)``, refined at
+run time with the scene or resolution): ``rasterize``, ``drive``, ``refine``, ``reconstruct``,
+``end-to-end``. Pipelines are the shipped ``configs/`` YAMLs with random weights, built once per
+session per device (``build``). Quick mode swaps their encoders for the ``tiny`` variant: driving
+does not depend on the encoder (``test_driving_time_independent_of_encoder`` checks exactly that)
+and the real encoders' reconstruction time is measured by ``test_reconstruct_by_encoder_size``.
+Scene builders live in ``gshead.benchmarking``. Rows added with ``record_row(table, row)`` are
+printed as markdown tables at the end of the run (parameter counts per component, reconstruction
+time by encoder size, FPS).
 """
 
 from __future__ import annotations
 
-import math
+import os
+from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from gshead.core.types import Camera, Gaussians
+from gshead.benchmarking import (
+    SCENES,  # noqa: F401  (re-exported: ``from conftest import SCENES``)
+    BenchSettings,
+    Scene,
+    bench_settings,
+    head_scene,  # noqa: F401
+    markdown_table,
+    parameter_counts,
+    pipeline_config,
+    to_device,
+    with_tiny_encoder,
+)
 
-HEAD_RADII = (0.078, 0.105, 0.092)  # metres: half width, half height, half depth of the head
-BACK_PLANE_Z = -0.12  # world z of the plane behind the head (the camera looks down -z)
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("rasterize", "drive", "refine", "reconstruct", "end-to-end")
+
+SETTINGS: BenchSettings = bench_settings()
+
+# name -> (YAML relative to the repository, slot overrides, rounds divisor for heavy pipelines)
+PIPELINES: dict[str, tuple[str, dict[str, Any], int]] = {
+    "reference": ("configs/reference.yaml", {}, 1),
+    "separated-cpu": ("configs/separated-cpu.yaml", {}, 1),
+    "gagavatar-anny": ("configs/gagavatar-anny.yaml", {}, 1),
+}
+if SETTINGS.include_official_gagavatar:
+    # GAGAvatar's published sizes. Its head model is FLAME; without a FLAME file the anny head
+    # stands in (4,538 instead of 5,023 expression Gaussians; everything else as published).
+    _head = {} if os.environ.get("GSHEAD_FLAME_PATH") else {"headmodel": {"name": "anny-head"}}
+    PIPELINES["gagavatar"] = ("configs/gagavatar.yaml", _head, 4)
+
+PIPELINE_NAMES = tuple(PIPELINES)
+
+DEVICES = (
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+)
+
+_TABLES: dict[str, list[dict[str, Any]]] = defaultdict(list)
+_TABLE_COLUMNS: dict[str, list[str]] = {}
 
 
-@dataclass(frozen=True)
-class Scene:
+def record_row(table: str, row: dict[str, Any]) -> None:
+    """Add ``row`` to the markdown ``table`` printed at the end of the run (columns in first-seen order)."""
+    _TABLES[table].append(row)
+    columns = _TABLE_COLUMNS.setdefault(table, [])
+    columns.extend(k for k in row if k not in columns)
+
+
+def median_of(benchmark) -> float | None:
+    """The benchmark's median in seconds; None when benchmarks are disabled (smoke run)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None else None
+
+
+def rounds_for(name: str) -> int:
+    """Timed rounds for pipeline ``name`` (heavy pipelines get fewer)."""
+    return max(3, SETTINGS.rounds // PIPELINES[name][2])
+
+
+@dataclass
+class Built:
+    """A pipeline built from a shipped config, one avatar reconstructed from the test portrait, and
+    driving frames (the demo motion), all on ``device``."""
+
     name: str
-    gaussians: Gaussians  # [1, N]
-    camera: Camera  # [1]
-    background: torch.Tensor  # [C]
+    device: str
+    pipeline: Any  # gshead.core.pipeline.Pipeline
+    image: torch.Tensor  # [1, 3, S, S]
+    avatar: Any  # gshead.core.types.Avatar
+    frames: list  # HeadParams [1] each
+    counts: dict[str, int]  # parameters per component kind
 
     @property
-    def label(self) -> str:
-        n, size, c = self.gaussians.count, self.camera.width, self.gaussians.channels
-        return f"{self.name}: {n // 1000}k Gaussians, {size}x{size}, {c} channels"
+    def gaussian_count(self) -> int:
+        """Gaussians rendered per frame: the avatar's static ones plus the rig's dynamic ones."""
+        return self.avatar.static.count + self.avatar.rig.dynamic.count
+
+    def components(self) -> dict[str, str]:
+        c = self.pipeline.config
+        return {
+            kind: getattr(c, kind).name for kind in ("encoder", "lifter", "driver", "rasterizer", "refiner")
+        }
+
+    def session(self, render_size: int, refiner: dict | None = None):
+        """A driving session at ``render_size``², with the pipeline's refiner or one built from the
+        ``refiner`` slot (e.g. ``{"name": "identity"}``) in its place."""
+        from gshead.core.config import validate_pipeline
+        from gshead.core.pipeline import DrivingSession, build_component
+
+        pipe = self.pipeline
+        module = pipe.refiner
+        if refiner is not None:
+            data = pipe.config.model_dump(mode="json")
+            data["refiner"] = refiner
+            config = validate_pipeline(data, pipe.registry, source="benchmark")
+            module = build_component(config, "refiner", pipe.context, pipe.registry)
+            if isinstance(module, torch.nn.Module):
+                module.to(self.device)
+        return DrivingSession(
+            self.avatar,
+            pipe.driver,
+            pipe.rasterizer,
+            module,
+            render_size=render_size,
+            forbidden=pipe.reconstruction_types(),
+        )
 
 
-def head_scene(
-    count: int, size: int, channels: int, seed: int = 0, back_fraction: float = 0.2, batch: int = 1
-) -> tuple[Gaussians, Camera, torch.Tensor]:
-    """``count`` Gaussians shaped like a head in front of a plane, a frontal ``size``² camera
-    ``[batch]`` and a background ``[channels]``. Splat size scales with 1/sqrt(count) so the
-    screen coverage (Gaussians per pixel) stays head-like at any count."""
-    g = torch.Generator().manual_seed(seed)
-    n_back = int(count * back_fraction)
-    n_head = count - n_back
-
-    # Head: uniform directions on the unit sphere, stretched to the ellipsoid, small radial jitter.
-    d = torch.randn(n_head, 3, generator=g)
-    d = d / d.norm(dim=1, keepdim=True)
-    jitter = 1.0 + 0.03 * torch.randn(n_head, 1, generator=g)
-    head = d * torch.tensor(HEAD_RADII) * jitter
-    # Back plane: a rectangle behind the head, wider than it (shoulders / hair / backdrop).
-    u = torch.rand(n_back, 2, generator=g) * 2.0 - 1.0
-    back = torch.stack(
-        [0.16 * u[:, 0], 0.16 * u[:, 1] - 0.02, BACK_PLANE_Z + 0.01 * torch.randn(n_back, generator=g)], dim=1
-    )
-    means = torch.cat([head, back])  # [N, 3]
-
-    base = 0.0035 * math.sqrt(50_000 / count)  # ~3.5 mm splats at 50k Gaussians
-    scales = base * torch.exp(0.4 * torch.randn(count, 3, generator=g))
-    scales[:, 2] *= 0.3  # flattened splats, as trained ones tend to be
-    quats = torch.randn(count, 4, generator=g)
-    quats = quats / quats.norm(dim=1, keepdim=True)
-    opacities = torch.sigmoid(1.5 + 1.5 * torch.randn(count, generator=g))  # mostly opaque, some faint
-    features = torch.rand(count, channels, generator=g)
-    gaussians = Gaussians(means[None], quats[None], scales[None], opacities[None], features[None])
-    camera = Camera.frontal(distance=0.6, fov_degrees=30.0, width=size, height=size, batch_size=batch)
-    background = torch.rand(channels, generator=g)
-    return gaussians.expand(batch), camera, background
+_BUILT: dict[tuple[str, str], Built] = {}
 
 
-SCENES = {
-    "A": (50_000, 256, 32),
-    "B": (180_000, 512, 32),
-}
+def _encoder_label(slot: dict[str, Any]) -> str:
+    variant = slot.get("variant", slot.get("size"))
+    return f"{slot['name']} {variant}" if variant else slot["name"]
 
 
-@pytest.fixture(scope="session", params=sorted(SCENES))
+def build(name: str, device: str = "cpu") -> Built:
+    """``PIPELINES[name]`` built on ``device`` (cached for the session)."""
+    key = (name, device)
+    if key not in _BUILT:
+        from gshead.core.motion import demo_motion
+        from gshead.core.pipeline import Pipeline
+        from gshead.testing import sample_image
+
+        path, overrides, _ = PIPELINES[name]
+        data = pipeline_config(REPO / path, **overrides)
+        if SETTINGS.tiny_encoders:
+            data = with_tiny_encoder(data)
+        pipe = Pipeline.from_dict(data)
+        to_device(pipe, device)
+        image = sample_image(pipe.config.source_size).to(device)
+        avatar = pipe.reconstruct(image)
+        motion = demo_motion(pipe.head_model, 40).to(device)
+        frames = [motion.select(slice(i, i + 1)) for i in range(motion.batch_size)]
+        counts = parameter_counts(pipe)
+        _BUILT[key] = Built(name, device, pipe, image, avatar, frames, counts)
+        record_row(
+            "parameters per component",
+            {
+                "pipeline": name,
+                "encoder variant": _encoder_label(data["encoder"]),
+                **{k: counts[k] for k in ("encoder", "lifter", "driver", "refiner")},
+                "driving (driver + refiner)": counts["driver"] + counts["refiner"],
+                "static Gaussians": avatar.static.count,
+                "dynamic Gaussians": avatar.rig.dynamic.count,
+            },
+        )
+    return _BUILT[key]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    """Torch and numba threads as the mode says (``BenchSettings.threads``), restored afterwards."""
+    if SETTINGS.threads is None:
+        yield
+        return
+    import numba
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(SETTINGS.threads)
+    numba.set_num_threads(min(SETTINGS.threads, numba.config.NUMBA_NUM_THREADS))
+    yield
+    torch.set_num_threads(before[0])
+    numba.set_num_threads(before[1])
+
+
+@pytest.fixture(scope="session")
+def settings() -> BenchSettings:
+    return SETTINGS
+
+
+@pytest.fixture(scope="session", params=sorted(SETTINGS.scenes))
 def scene(request) -> Scene:
-    count, size, channels = SCENES[request.param]
-    gaussians, camera, background = head_scene(count, size, channels)
-    return Scene(request.param, gaussians, camera, background)
+    """The rasterizer scenes of the mode (full: ``SCENES`` A and B; quick: a small one)."""
+    count, size, channels = SETTINGS.scenes[request.param]
+    return Scene.build(request.param, count, size, channels)
+
+
+def describe(benchmark, built: Built, **extra: Any) -> None:
+    """Common ``extra_info``: pipeline, device, component names, parameter counts."""
+    benchmark.extra_info.update(
+        pipeline=built.name,
+        device=built.device,
+        components=built.components(),
+        parameters=built.counts,
+        torch_threads=torch.get_num_threads(),
+        mode=SETTINGS.mode,
+        **extra,
+    )
+
+
+def record_fps(benchmark) -> float | None:
+    """Store ``fps`` (1 / median) in ``extra_info``; returns the median in seconds (None if disabled)."""
+    median = median_of(benchmark)
+    if median is not None:
+        benchmark.extra_info["fps"] = round(1.0 / median, 2)
+        benchmark.extra_info["median_ms"] = round(1e3 * median, 3)
+    return median
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Torch and numba versions and threads, the benchmark mode, and the GPU when there is one."""
+    import numba
+
+    machine_info["torch"] = torch.__version__
+    # The mode's thread count (the session fixture may already have restored the defaults here).
+    machine_info["torch_threads"] = SETTINGS.threads or torch.get_num_threads()
+    machine_info["numba"] = numba.__version__
+    machine_info["numba_threads"] = SETTINGS.threads or numba.get_num_threads()
+    machine_info["gshead_bench_mode"] = SETTINGS.mode
+    if torch.cuda.is_available():
+        machine_info["gpu"] = torch.cuda.get_device_name(0)
+        machine_info["cuda"] = torch.version.cuda
+    else:
+        machine_info["gpu"] = None
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TABLES:
+        return
+    terminalreporter.section(f"gshead benchmark tables (mode: {SETTINGS.mode})")
+    for name, rows in _TABLES.items():
+        terminalreporter.write_line(f"\n{name}\n")
+        terminalreporter.write_line(markdown_table(rows, _TABLE_COLUMNS[name]))

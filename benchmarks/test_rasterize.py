@@ -1,14 +1,18 @@
-"""Rasterizer speed and memory on head-like scenes (see conftest.py for the scenes).
+"""Rasterizer speed and memory on head-like scenes (``gshead.benchmarking.head_scene``).
 
-    python -m pytest benchmarks/test_rasterize.py --benchmark-enable
+    python -m pytest benchmarks/test_rasterize.py --benchmark-enable              # quick scene
+    GSHEAD_BENCH=full python -m pytest benchmarks/test_rasterize.py --benchmark-enable
 
 (the repository's pytest options disable benchmarks by default; without ``--benchmark-enable``
-each benchmark runs once, as a smoke test). One group per scene: the ``torch-tiles`` reference
-forward (the baseline), ``cpu`` forward and ``cpu`` forward+backward. ``extra_info`` holds fps,
-the scene size and the speed-up over the reference. Peak memory of scene B is measured in a
-fresh subprocess from the kernel's resident-set counters (so numba and torch allocations count
-too): the peak RSS while rendering (``VmHWM`` reset just before the render, scene already built)
-and how much the render added to the RSS it started from.
+each benchmark runs once, as a smoke test). One group per scene (full mode: scenes A and B of issue
+#10; quick mode: one small scene): the ``torch-tiles`` reference forward (the baseline), ``cpu``
+forward and ``cpu`` forward+backward, and ``gsplat`` forward when CUDA is available. ``extra_info``
+holds fps, the scene size and the speed-up over the reference measured in the same run; the
+speed-up is asserted (full: >= 10x, quick: >= 2x on its small scene); the absolute forward targets
+are recorded (``target_ms``, ``meets_target``), not asserted. Peak memory of scene B (full
+mode only) is measured in a fresh subprocess from the kernel's resident-set counters (so numba
+and torch allocations count too): the peak RSS while rendering (``VmHWM`` reset just before the
+render, scene already built) and how much the render added to the RSS it started from.
 
 Targets on the project's 2-core machine: A forward <= 40 ms, B forward <= 200 ms, >= 10x the
 reference; B peak memory forward <= 2 GB, forward+backward <= 6 GB.
@@ -20,23 +24,29 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numba
 import pytest
 import torch
+from conftest import SETTINGS  # pytest put benchmarks/ on sys.path to load conftest.py
 
+from gshead.benchmarking import SCENES, synchronized
 from gshead.core.types import Gaussians
 from gshead.plugins.renderers.cpu import rasterize_cpu
 from gshead.plugins.renderers.torch_tiles import rasterize_tiles
 
-from conftest import SCENES  # pytest put benchmarks/ on sys.path to load conftest.py
+pytestmark = pytest.mark.benchmark(group="rasterize")
+
+FORWARD_TARGET_S = {"A": 0.040, "B": 0.200}
+"""Issue #10: cpu forward median on this 2-core CPU. Recorded in ``extra_info`` (``target_ms``,
+``meets_target``), not asserted: the rasterizer's targets stay as issue #10 set them (a report of the
+kernel's progress); what is asserted is the speed-up over the reference measured in the same run."""
 
 _reference_median: dict[str, float] = {}  # scene name -> seconds, filled by the reference benchmark
 
 
 def _describe(benchmark, scene, rasterizer: str) -> None:
-    benchmark.group = f"scene {scene.label}"
+    benchmark.group = f"rasterize scene {scene.label}"
     benchmark.extra_info.update(
         rasterizer=rasterizer,
         gaussians=scene.gaussians.count,
@@ -44,6 +54,7 @@ def _describe(benchmark, scene, rasterizer: str) -> None:
         channels=scene.gaussians.channels,
         torch_threads=torch.get_num_threads(),
         numba_threads=numba.get_num_threads(),
+        mode=SETTINGS.mode,
     )
 
 
@@ -52,21 +63,28 @@ def _median(benchmark) -> float | None:
     return stats.stats.median if stats is not None else None
 
 
-def _record_speed(benchmark, scene) -> None:
+def _record_speed(benchmark, scene) -> float | None:
+    """Store fps and the speed-up over the reference forward; returns the speed-up (None if unknown)."""
     median = _median(benchmark)
     if median is None:
-        return
+        return None
     benchmark.extra_info["fps"] = round(1.0 / median, 2)
     reference = _reference_median.get(scene.name)
-    if reference is not None:
-        benchmark.extra_info["speedup_vs_reference_forward"] = round(reference / median, 1)
+    if reference is None:
+        return None
+    speedup = reference / median
+    benchmark.extra_info["speedup_vs_reference_forward"] = round(speedup, 1)
+    return speedup
 
 
 def test_reference_forward(benchmark, scene):
     _describe(benchmark, scene, "torch-tiles")
     with torch.no_grad():
         benchmark.pedantic(
-            rasterize_tiles, args=(scene.gaussians, scene.camera, scene.background), rounds=3, iterations=1
+            rasterize_tiles,
+            args=(scene.gaussians, scene.camera, scene.background),
+            rounds=SETTINGS.reference_rounds,
+            iterations=1,
         )
     median = _median(benchmark)
     if median is not None:
@@ -79,7 +97,43 @@ def test_cpu_forward(benchmark, scene):
     args = (scene.gaussians, scene.camera, scene.background)
     with torch.no_grad():
         rasterize_cpu(*args)  # load (or compile) the kernels outside the timing
-        benchmark.pedantic(rasterize_cpu, args=args, rounds=15, iterations=1, warmup_rounds=2)
+        benchmark.pedantic(
+            rasterize_cpu, args=args, rounds=SETTINGS.raster_rounds, iterations=1, warmup_rounds=2
+        )
+    speedup = _record_speed(benchmark, scene)
+    if speedup is not None:
+        floor = SETTINGS.min_speedup_vs_reference
+        assert speedup >= floor, (
+            f"cpu forward is {speedup:.1f}x the torch-tiles reference; expected >= {floor}x"
+        )
+    median = _median(benchmark)
+    if scene.name in FORWARD_TARGET_S and median is not None:
+        target = FORWARD_TARGET_S[scene.name]
+        benchmark.extra_info.update(target_ms=1e3 * target, meets_target=median <= target)
+
+
+def _gsplat_unavailable() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs CUDA"
+    from gshead.plugins.renderers.gsplat_cuda import GsplatRasterizerConfig
+
+    return GsplatRasterizerConfig.unavailable()
+
+
+@pytest.mark.gpu
+def test_gsplat_forward(benchmark, scene):
+    reason = _gsplat_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from gshead.plugins.renderers.gsplat_cuda import rasterize_gsplat
+
+    _describe(benchmark, scene, "gsplat")
+    benchmark.extra_info["gpu"] = torch.cuda.get_device_name(0)
+    args = (scene.gaussians.to("cuda"), scene.camera.to("cuda"), scene.background.to("cuda"))
+    render = synchronized(rasterize_gsplat, "cuda")
+    with torch.no_grad():
+        render(*args)  # load the CUDA kernels outside the timing
+        benchmark.pedantic(render, args=args, rounds=SETTINGS.raster_rounds, iterations=1, warmup_rounds=2)
     _record_speed(benchmark, scene)
 
 
@@ -98,7 +152,7 @@ def test_cpu_forward_backward(benchmark, scene):
         render.features.backward(grad_features)
 
     step()
-    benchmark.pedantic(step, rounds=7, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=max(3, SETTINGS.raster_rounds // 2), iterations=1, warmup_rounds=1)
     assert leaves[0].grad is not None and leaves[0].grad.abs().sum() > 0
     _record_speed(benchmark, scene)
 
@@ -106,9 +160,8 @@ def test_cpu_forward_backward(benchmark, scene):
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
-    sys.path.insert(0, {bench!r})
     import torch
-    from conftest import head_scene
+    from gshead.benchmarking import head_scene
     from gshead.core.types import Gaussians
     from gshead.plugins.renderers.cpu import rasterize_cpu
 
@@ -139,9 +192,10 @@ _MEMORY_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("mode, limit_gb", [("forward", 2.0), ("forward+backward", 6.0)])
 def test_peak_memory_scene_b(mode, limit_gb, record_property):
+    if SETTINGS.mode != "full":
+        pytest.skip("scene B peak memory: full mode only (GSHEAD_BENCH=full)")
     count, size, channels = SCENES["B"]
     script = _MEMORY_SCRIPT.format(
-        bench=str(Path(__file__).resolve().parent),
         count=count,
         size=size,
         channels=channels,

@@ -110,11 +110,17 @@ def cmd_reconstruct(args) -> int:
 
     from gshead.core.avatar_io import save_avatar
     from gshead.core.config import default_pipeline_path
+    from gshead.core.errors import InputError
     from gshead.core.io import read_image
     from gshead.core.pipeline import Pipeline
 
+    if args.fit_steps < 0:
+        raise InputError(f"--fit-steps {args.fit_steps}: expected a whole number >= 0 (0 = no fitting)")
+    if not args.fit_lr > 0 or args.fit_lr == float("inf"):
+        raise InputError(f"--fit-lr {args.fit_lr}: expected a finite number > 0")
     torch.set_grad_enabled(False)
-    with _progress(total=4, desc="reconstruct", unit="step", disable=args.quiet) as bar:
+    fit = None
+    with _progress(total=5 if args.fit_steps else 4, desc="reconstruct", unit="step", disable=args.quiet) as bar:
         bar.set_postfix_str("reading image")
         image = read_image(args.image)
         bar.update()
@@ -124,8 +130,13 @@ def cmd_reconstruct(args) -> int:
             pipeline.load_weights(args.weights)
         bar.update()
         bar.set_postfix_str("cropping, tracking, encoding, lifting")
-        avatar = pipeline.reconstruct(pipeline.prepare_image(image))
+        source_image = pipeline.prepare_image(image)
+        avatar = pipeline.reconstruct(source_image)
         bar.update()
+        if args.fit_steps:
+            bar.set_postfix_str(f"fitting {args.fit_steps} steps")
+            avatar, fit = _fit(args, pipeline, avatar, source_image)
+            bar.update()
         bar.set_postfix_str(f"writing {args.output}")
         save_avatar(args.output, avatar, pipeline)
         bar.update()
@@ -134,14 +145,31 @@ def cmd_reconstruct(args) -> int:
         f"{avatar.static.channels} channels",
         file=sys.stderr,
     )
+    if fit is not None:
+        print(
+            f"fit: {fit.steps} steps in {fit.seconds:.1f} s, source-view PSNR "
+            f"{fit.psnr_before:.2f} -> {fit.psnr_after:.2f} dB",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _fit(args, pipeline, avatar, source_image):
+    """Test-time fitting of ``avatar`` to its source crop, with a progress bar (see ``gshead.core.fitting``)."""
+    from gshead.core.fitting import fit_avatar
+
+    with _progress(total=args.fit_steps, desc="fit", unit="step", leave=False, disable=args.quiet) as bar:
+
+        def progress(step: int, loss: float) -> None:
+            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            bar.update()
+
+        return fit_avatar(pipeline, avatar, source_image, args.fit_steps, lr=args.fit_lr, progress=progress)
 
 
 # -- reenact ----------------------------------------------------------------------------------
 def _driving_params(args, loaded):
     """Head parameters [T] for ``--driver`` (demo motion, a sequence file, or a video)."""
-    import torch
-
     from gshead.core.errors import InputError
     from gshead.core.motion import demo_motion
 
@@ -159,25 +187,15 @@ def _driving_params(args, loaded):
                 f"{loaded.avatar.provenance.head_model!r}"
             )
         return seq.params
-    if path.suffix.lower() in {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}:
-        from gshead.core.components import BuildContext
-        from gshead.core.io import crop_square, read_video
-        from gshead.core.pipeline import build_component
-        from gshead.core.registry import get_registry
-        from gshead.core.types import CropBox
+    from gshead.core.tracking import is_video, track_with_pipeline
 
-        cfg = loaded.config
-        tracker = build_component(cfg, "tracker", BuildContext(cfg.feature_channels, loaded.head_model), get_registry())
-        frames, _fps, count = read_video(path)
-        tracked = []
-        box = None
-        for frame in _progress(frames, total=count, desc="tracking", unit="frame", disable=args.quiet):
-            box = box or tracker.crop_box(frame) or CropBox.centred(frame.shape[-1], frame.shape[-2])
-            tracked.append(tracker.track(crop_square(frame, box, cfg.source_size)).params)
-        if not tracked:
-            raise InputError(f"{path}: the video has no frames")
-        fields = tracked[0].tensors().keys()
-        return type(tracked[0])(**{k: torch.cat([p.tensors()[k] for p in tracked]) for k in fields})
+    if is_video(path):
+        # The same path as 'gshead track' (per-frame crops, smoothing, flagged frames), cached.
+        def bar(total):
+            return _progress(total=total or None, desc="tracking", unit="frame", disable=args.quiet)
+
+        seq, _cached, _tracker = track_with_pipeline(path, loaded.config, loaded.head_model, progress=bar)
+        return seq.params
     raise InputError(
         f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, or a video (.mp4, .mov, ...)"
     )
@@ -195,19 +213,43 @@ def cmd_reenact(args) -> int:
     if args.batch < 1:
         raise InputError(f"--batch {args.batch}: expected at least 1 frame per step")
 
+    from gshead.commands import reenact_views as views
+
+    if not 0.0 <= args.orbit_degrees <= 180.0:
+        raise InputError(f"--orbit-degrees {args.orbit_degrees:g}: expected 0 to 180 degrees")
+    grid = Path(args.output).suffix.lower() == ".png"
+
     torch.set_grad_enabled(False)
     loaded = load_avatar(args.avatar)
     params = _driving_params(args, loaded)
     session = loaded.session(render_size=args.size)
     cam = session.camera
     n = params.batch_size
-    with VideoWriter(args.output, fps=args.fps, width=cam.width, height=cam.height) as video:
+    cameras = None  # None: the source camera for every frame
+    if args.camera == "orbit":
+        cameras = views.orbit_cameras(cam, n, args.orbit_degrees, views.head_centre(loaded))
+    panels = views.DriverPanels(loaded, args.driver) if args.side_by_side else None
+    width = cam.width * (2 if panels is not None else 1)
+    if grid:
+        sink = views.GridWriter(args.output, n, width, cam.height)
+    else:
+        sink = VideoWriter(args.output, fps=args.fps, width=width, height=cam.height)
+    with sink as out:
         with _progress(total=n, desc="reenact", unit="frame", disable=args.quiet) as bar:
             for start in range(0, n, args.batch):
-                chunk = params.select(slice(start, min(n, start + args.batch)))
-                video.write(session.render(chunk))
+                index = slice(start, min(n, start + args.batch))
+                chunk = params.select(index)
+                view = cam.expand(chunk.batch_size) if cameras is None else views.camera_slice(cameras, index)
+                frames = session.render(chunk, camera=view)
+                if panels is not None:
+                    frames = torch.cat([panels.render(chunk, view), frames], dim=-1)  # driver | result
+                out.write(frames)
                 bar.update(chunk.batch_size)
-    print(f"wrote {args.output}: {n} frames, {cam.width}x{cam.height} at {args.fps:g} fps", file=sys.stderr)
+    if grid:
+        what = f"{n} frames in a {sink.rows}x{sink.columns} grid, {sink.width}x{sink.height}"
+    else:
+        what = f"{n} frames, {width}x{cam.height} at {args.fps:g} fps"
+    print(f"wrote {args.output}: {what}", file=sys.stderr)
     return 0
 
 
@@ -234,13 +276,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="avatar file to write (.safetensors)")
     p.add_argument("--pipeline", help="pipeline YAML (default: the embedded default)")
     p.add_argument("--weights", help="pipeline-weights file for this pipeline (written by 'gshead import')")
+    p.add_argument(
+        "--fit-steps", type=int, default=0, metavar="N",
+        help="refine the avatar's Gaussians against the portrait for N steps (default 0: off)",
+    )  # fmt: skip
+    p.add_argument("--fit-lr", type=float, default=0.01, help="base learning rate of the fit (default 0.01)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("reenact", help="drive an avatar into a video")
+    p = sub.add_parser("reenact", help="drive an avatar into a video (or a PNG grid of frames)")
     p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
     p.add_argument("--driver", required=True, help="'demo', a tracked-sequence .safetensors file, or a video")
-    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)")
+    p.add_argument(
+        "-o", "--output", required=True,
+        help="video file to write (.mp4, .mkv, ...), or .png for all frames tiled in one grid image",
+    )  # fmt: skip
+    p.add_argument(
+        "--side-by-side", action="store_true",
+        help="driver | result: the cropped driving video frame, or for demo/sequence drivers the "
+        "head-model mesh posed by the frame's parameters, seen from the same camera",
+    )  # fmt: skip
+    p.add_argument(
+        "--camera", choices=("fixed", "orbit"), default="fixed",
+        help="fixed: the source view (default); orbit: a novel-view path swinging the camera "
+        "around the head, yaw ±--orbit-degrees over the clip, starting and ending in front",
+    )  # fmt: skip
+    p.add_argument("--orbit-degrees", type=float, default=30.0, help="largest yaw of --camera orbit (default 30)")
     p.add_argument("--frames", type=int, default=100, help="frames of demo motion (default 100)")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the pipeline's)")
@@ -255,6 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     headmodel_cmd.add_parser(sub)
     importers_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
+    from gshead.commands import track as track_cmd
+
+    track_cmd.add_parser(sub)
+    from gshead.commands import train as train_cmd
+
+    train_cmd.add_parser(sub)
+    from gshead.commands import data as data_cmd
+
+    data_cmd.add_parser(sub)
+    from gshead.commands import ablate as ablate_cmd
+
+    ablate_cmd.add_parser(sub)
+    from gshead.commands import export as export_cmd
+
+    export_cmd.add_parser(sub)
+    from gshead.commands import eval as eval_cmd
+
+    eval_cmd.add_parser(sub)
+    from gshead.commands import view as view_cmd
+
+    view_cmd.add_parser(sub)
     return parser
 
 
@@ -263,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands switch autograd off for speed; a caller running main() in-process (tests, notebooks)
+    # gets its own grad mode back afterwards.
+    grad_mode = sys.modules["torch"].is_grad_enabled() if "torch" in sys.modules else True
     try:
         return args.func(args)
     except GsheadError as exc:
@@ -271,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gshead: interrupted; no partial output was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_grad_enabled(grad_mode)
 
 
 if __name__ == "__main__":

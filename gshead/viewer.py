@@ -31,30 +31,6 @@ POSE_RANGE_DEGREES = 45.0
 CAMERA_BACKOFF = 1.6  # the browser's camera starts this many times farther out than the source camera
 
 
-def world_gaussians(avatar, driver, params: HeadParams) -> Gaussians:
-    """The avatar's Gaussians [1, N] (static + driven) in world space for one frame of ``params``.
-
-    In rendering, head pose is camera motion (``Camera.moved``); here it moves the Gaussians
-    instead (means ``R x + t``, rotations ``R q``), which shows the same picture from a fixed
-    camera. ``params.identity`` is replaced by the avatar's.
-    """
-    import roma
-
-    if params.batch_size != 1:
-        raise ValueError(f"world_gaussians: expected one frame of parameters, got {params.batch_size}")
-    params = params.replace(identity=avatar.source.identity)
-    posed = driver.drive(avatar, params)
-    g = Gaussians.cat([avatar.static, posed])
-    pose = params.pose_matrix()[0]  # [4, 4]
-    rot, trans = pose[:3, :3], pose[:3, 3]
-    means = g.means @ rot.T + trans
-    q_pose = roma.rotmat_to_unitquat(rot)  # xyzw
-    q = torch.cat([g.quats[..., 1:], g.quats[..., :1]], dim=-1)  # wxyz -> xyzw
-    q = roma.quat_product(q_pose.expand_as(q), q)
-    quats = torch.cat([q[..., 3:], q[..., :3]], dim=-1)  # back to wxyz
-    return g.replace(means=means, quats=quats)
-
-
 def covariances(g: Gaussians) -> Tensor:
     """World covariances [N, 3, 3] of a one-frame Gaussians: R diag(s^2) R^T."""
     import roma
@@ -130,7 +106,9 @@ class AvatarViewer:
 
     @torch.no_grad()
     def _gaussians(self) -> dict:
-        g = world_gaussians(self.avatar, self.loaded.driver, self.params())
+        from gshead.commands.export import export_gaussians
+
+        g = export_gaussians(self.loaded, self.params())
         return {
             "centers": g.means[0].float().numpy(),
             "covariances": covariances(g).float().numpy(),
@@ -226,4 +204,4 @@ def viewer_unavailable() -> str | None:
     return None
 
 
-__all__ = ["AvatarViewer", "Controls", "covariances", "viewer_unavailable", "world_gaussians"]
+__all__ = ["AvatarViewer", "Controls", "covariances", "viewer_unavailable"]

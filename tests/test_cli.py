@@ -81,10 +81,12 @@ def test_reconstruct_then_reenact_demo_writes_the_expected_frames(avatar_file, t
 
 
 def test_main_job_on_the_embedded_default(tmp_path):
-    """The README's main job (shorter): astronaut -> avatar -> demo video, default pipeline."""
+    """The README's main job (shorter): astronaut -> avatar (shipped weights, a few fitting steps)
+    -> demo video, default pipeline."""
     avatar = tmp_path / "astronaut.safetensors"
     video = tmp_path / "astronaut.mp4"
-    assert main(["reconstruct", "example:astronaut", "-o", str(avatar), "-q"]) == 0
+    args = ["reconstruct", "example:astronaut", "-o", str(avatar), "--weights", "builtin:default", "--fit-steps", "10"]
+    assert main([*args, "-q"]) == 0
     assert main(["reenact", str(avatar), "--driver", "demo", "--frames", "8", "-o", str(video), "-q"]) == 0
     info = probe_video(video)
     assert (info.frames, info.width, info.height, info.fps) == (8, 128, 128, 25.0)
@@ -169,3 +171,12 @@ def _yaml(d, **slots):
     path = d / "pipeline.yaml"
     path.write_text(yaml.safe_dump(tiny_pipeline(**slots)), encoding="utf-8")
     return path
+
+
+def test_main_restores_the_callers_grad_mode(avatar_file, tmp_path):
+    import torch
+
+    assert torch.is_grad_enabled()
+    out = tmp_path / "clip.mp4"
+    assert main(["reenact", str(avatar_file), "--driver", "demo", "--frames", "4", "-o", str(out), "-q"]) == 0
+    assert torch.is_grad_enabled(), "a command left autograd switched off in the calling process"

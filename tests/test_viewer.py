@@ -13,7 +13,8 @@ import torch
 from gshead.core.avatar_io import load_avatar, save_avatar
 from gshead.core.pipeline import Pipeline
 from gshead.testing import sample_image, tiny_pipeline
-from gshead.viewer import Controls, covariances, viewer_unavailable, world_gaussians
+from gshead.commands.export import export_gaussians
+from gshead.viewer import Controls, covariances, viewer_unavailable
 
 pytestmark = pytest.mark.skipif(viewer_unavailable() is not None, reason=str(viewer_unavailable()))
 
@@ -46,8 +47,8 @@ def test_posed_gaussians_match_the_renderers_camera_motion(loaded):
     neutral = loaded.head_model.neutral(1).replace(identity=loaded.avatar.source.identity)
     controls = Controls(expression={names[0]: 0.7}, jaw=0.2, yaw=25.0, pitch=-10.0, roll=5.0)
     params = controls.params(neutral, names)
-    moved = world_gaussians(loaded.avatar, loaded.driver, params)
-    still = world_gaussians(loaded.avatar, loaded.driver, params.replace(rotation=torch.zeros(1, 3), translation=torch.zeros(1, 3)))
+    moved = export_gaussians(loaded, params)
+    still = export_gaussians(loaded, params.replace(rotation=torch.zeros(1, 3), translation=torch.zeros(1, 3)))
     camera = loaded.avatar.camera
     via_points = _project(moved.means[0], camera)
     via_camera = _project(still.means[0], camera.moved(params.pose_matrix()))

@@ -164,20 +164,26 @@ def validate_pipeline(data: Any, registry: Registry, source: str = "") -> BaseMo
         raise ConfigError(first + more) from None
 
 
-def load_pipeline(path: str | Path, registry: Registry) -> BaseModel:
-    """Read and validate a pipeline YAML file."""
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The data of a YAML file (``yaml.safe_load``); one-line ``ConfigError`` naming ``what``
+    (e.g. "pipeline config") when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read pipeline config ({exc.strerror or exc})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return validate_pipeline(data, registry, source=str(path))
+    return data
+
+
+def load_pipeline(path: str | Path, registry: Registry) -> BaseModel:
+    """Read and validate a pipeline YAML file."""
+    return validate_pipeline(read_yaml(path, "pipeline config"), registry, source=str(path))
 
 
 def dump_pipeline(config: BaseModel) -> str:

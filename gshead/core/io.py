@@ -65,7 +65,10 @@ def read_image(path: str | Path) -> Tensor:
     ``example:astronaut`` is scikit-image's 512x512 astronaut. Grayscale is repeated to RGB,
     alpha is composited on black, 16-bit images keep their precision, palettes are expanded and
     the EXIF orientation is applied. The whole image is decoded here, so a truncated file fails
-    here (with ``InputError``) rather than later.
+    here (with ``InputError``) rather than later. An image whose longest side exceeds
+    ``LARGE_IMAGE_SIDE`` is downscaled first (box filter, in PIL, before conversion to float) so its
+    longest side is ``DOWNSCALED_SIDE``: face detection and cropping need no more, and a 100-megapixel
+    photo would otherwise take gigabytes as float32.
     """
     import numpy as np
 
@@ -84,8 +87,10 @@ def read_image(path: str | Path) -> Tensor:
     _check_input_file(path, "an image file")
     try:
         with Image.open(path) as opened:
+            if max(opened.size) > LARGE_IMAGE_SIDE:  # JPEG: decode at a reduced scale (>= the target)
+                opened.draft(opened.mode, (DOWNSCALED_SIDE, DOWNSCALED_SIDE))
             opened.load()  # full decode: truncated data fails here
-            image = ImageOps.exif_transpose(opened)
+            image = _downscale(ImageOps.exif_transpose(opened))
             array = _to_rgb_array(image)  # [H, W, 3] float32 in [0, 1]
     except PermissionError:
         raise InputError(f"{path}: permission denied; expected a readable image file") from None
@@ -96,6 +101,25 @@ def read_image(path: str | Path) -> Tensor:
             f"{path}: not a readable image ({_reason(exc)}); expected {_IMAGE_FORMATS}"
         ) from None
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+LARGE_IMAGE_SIDE = 4096
+"""Images whose longest side is larger than this (pixels) are downscaled when read."""
+DOWNSCALED_SIDE = 2048
+"""Longest side (pixels) that such large images are downscaled to."""
+
+
+def _downscale(image):
+    """``image`` (PIL) resized so its longest side is ``DOWNSCALED_SIDE`` when it exceeds
+    ``LARGE_IMAGE_SIDE``; otherwise unchanged."""
+    from PIL import Image
+
+    w, h = image.size
+    if max(w, h) <= LARGE_IMAGE_SIDE:
+        return image
+    scale = DOWNSCALED_SIDE / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(size, Image.Resampling.BOX)
 
 
 def _to_rgb_array(image):
@@ -167,6 +191,35 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(OSError):
             temporary.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new hidden temporary folder beside ``path``; when the block succeeds it becomes
+    ``path`` by one rename (an existing folder there is moved aside first and deleted after).
+
+    If the block raises anything, KeyboardInterrupt included, the temporary folder is deleted and
+    ``path`` is left as it was. The parent folder must exist.
+    """
+    import shutil
+
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+    temporary.mkdir()
+    try:
+        yield temporary
+        old = None
+        if path.is_dir() and any(path.iterdir()):
+            old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old"
+            os.replace(path, old)
+        elif path.is_dir():
+            path.rmdir()
+        os.replace(temporary, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
         raise
 
 

@@ -9,6 +9,7 @@ validated config JSON, as in avatar files) and ``source``. Loaded by ``Pipeline.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -26,6 +27,27 @@ def preview_keys(keys, n: int = 3) -> str:
     """The first ``n`` of ``keys`` (sorted), and how many more: for one-line errors."""
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, Tensor]:
+    """Tensors of a local weights file: ``.safetensors``, or a torch file read with
+    ``weights_only=True`` (never an arbitrary pickle). One-line ``AvatarFileError`` naming ``what``
+    (e.g. "LPIPS lin-weights file") and ``expected`` (what the user should give instead) when the
+    file is missing, unreadable or not a mapping of tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvatarFileError(f"{path}: no such {what}; expected {expected}")
+    if path.suffix == ".safetensors":
+        state, _meta = read_safetensors(path, what, AvatarFileError)
+        return state
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise AvatarFileError(f"{path}: not a readable {what} ({reason}); expected {expected}") from None
+    if not isinstance(state, dict):
+        raise AvatarFileError(f"{path}: expected a state dict of tensors in this {what}, got {type(state).__name__}")
+    return state
 
 
 def state_dict_problems(own: dict[str, Tensor], state: dict[str, Tensor], prefix: str = "", name=None) -> list[str]:
@@ -50,12 +72,33 @@ def state_dict_problems(own: dict[str, Tensor], state: dict[str, Tensor], prefix
 
 
 
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "weights"
+"""Weights shipped with gshead, named ``builtin:<file stem>`` (see ``gshead/weights/README.md``)."""
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """``builtin:NAME`` -> the shipped file ``gshead/weights/NAME.safetensors``; other paths as given.
+    One-line ``AvatarFileError`` naming the shipped names for an unknown one."""
+    text = str(path)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(path)
+    name = text[len(BUILTIN_PREFIX):]
+    found = BUILTIN_DIR / f"{name}.safetensors"
+    if not name or "/" in name or not found.is_file():
+        known = ", ".join(BUILTIN_PREFIX + p.stem for p in sorted(BUILTIN_DIR.glob("*.safetensors"))) or "none"
+        raise AvatarFileError(f"--weights {text}: no such shipped weights; expected one of: {known}")
+    return found
+
+
 def load_pipeline_weights(pipeline, path) -> None:
-    """Load a pipeline-weights file (``gshead import``) into this pipeline's modules, strictly.
+    """Load a pipeline-weights file (``gshead import``, ``gshead train``, or ``builtin:NAME`` for
+    weights shipped with gshead) into this pipeline's modules, strictly.
 
     The file's pipeline config must equal this one in ``feature_channels``, the head model's
     name and every weighted slot (the encoder's ``weights`` path aside: the file replaces it).
     Every slot is checked before any is loaded; one-line ``AvatarFileError`` otherwise."""
+    path = resolve_weights(path)
     tensors, meta = read_safetensors(path, "gshead pipeline-weights file", AvatarFileError)
     if meta.get("format") != WEIGHTS_FORMAT or meta.get("format_version") != WEIGHTS_FORMAT_VERSION:
         raise AvatarFileError(

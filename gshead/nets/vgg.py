@@ -62,22 +62,10 @@ def load_vgg16(path: str | Path) -> VGG16Features:
     file is missing, unreadable, or does not hold VGG-16 features.
     """
     from gshead.core.errors import AvatarFileError
-    from gshead.core.io import read_safetensors
-    from gshead.core.weights import state_dict_problems
+    from gshead.core.weights import read_state_dict, state_dict_problems
 
     path = Path(path)
-    if not path.is_file():
-        raise AvatarFileError(f"{path}: no such VGG-16 weights file (expected a local .pth or .safetensors file)")
-    if path.suffix == ".safetensors":
-        state, _meta = read_safetensors(path, "VGG-16 weights", AvatarFileError)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file we can read"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AvatarFileError(f"{path}: not a readable weights-only torch file ({reason[:160]})") from None
-        if not isinstance(state, dict):
-            raise AvatarFileError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    state = read_state_dict(path, "VGG-16 weights file", "torchvision's vgg16 state dict (.pth) or its features in .safetensors")
     state = {k if k.startswith("features.") else f"features.{k}": v for k, v in state.items() if not k.startswith("classifier.")}
     model = VGG16Features()
     problems = state_dict_problems(model.state_dict(), state)

@@ -27,4 +27,5 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gshead.plugins.refiners.light_unet",
     "gshead.plugins.trackers.frontal",
     "gshead.plugins.trackers.mediapipe_tracker",
+    "gshead.plugins.trackers.sequence_file",
 )

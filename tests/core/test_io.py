@@ -127,6 +127,31 @@ def test_truncated_png_fails_at_read(tmp_path):
     assert "cut.png: not a readable image" in _one_line(exc)
 
 
+def test_very_large_images_are_downscaled_first(tmp_path):
+    from gshead.core.io import DOWNSCALED_SIDE, LARGE_IMAGE_SIDE
+
+    # 4200 x 42 (longer than LARGE_IMAGE_SIDE): left half red, right half blue.
+    array = np.zeros((42, 4200, 3), np.uint8)
+    array[:, :2100, 0] = 255
+    array[:, 2100:, 2] = 255
+    Image.fromarray(array).save(tmp_path / "wide.png")
+    image = read_image(tmp_path / "wide.png")
+    assert LARGE_IMAGE_SIDE < 4200 and image.shape == (1, 3, 20, DOWNSCALED_SIDE)  # 42 * 2048 / 4200
+    assert torch.allclose(image[0, :, :, 10], torch.tensor([1.0, 0.0, 0.0])[:, None].expand(3, 20))
+    assert torch.allclose(image[0, :, :, -10], torch.tensor([0.0, 0.0, 1.0])[:, None].expand(3, 20))
+    # A JPEG is decoded at a reduced scale first, then resized to the same longest side;
+    # EXIF rotation still applies (here after the downscale: a 42 x 4400 portrait).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (4400, 42), (0, 128, 255)).save(tmp_path / "wide.jpg", exif=exif, quality=95)
+    jpeg = read_image(tmp_path / "wide.jpg")
+    assert jpeg.shape[2] == DOWNSCALED_SIDE and jpeg.shape[3] in (19, 20)
+    assert torch.allclose(jpeg[0, :, 1000, 10], torch.tensor([0.0, 128 / 255, 1.0]), atol=0.03)
+    # At the limit nothing changes.
+    Image.new("L", (LARGE_IMAGE_SIDE, 4), 50).save(tmp_path / "limit.png")
+    assert read_image(tmp_path / "limit.png").shape == (1, 3, 4, LARGE_IMAGE_SIDE)
+
+
 # ------------------------------------------------------------------------------------------ square_resize
 
 

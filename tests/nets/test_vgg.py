@@ -53,7 +53,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
     with pytest.raises(AvatarFileError, match="no such VGG-16 weights file"):
         load_vgg16(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a zip")
-    with pytest.raises(AvatarFileError, match="not a readable weights-only torch file"):
+    with pytest.raises(AvatarFileError, match="not a readable VGG-16 weights file"):
         load_vgg16(tmp_path / "junk.pth")
     sd = VGG16Features().state_dict()
     sd.pop("features.28.bias")

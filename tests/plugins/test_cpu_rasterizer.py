@@ -7,17 +7,16 @@ The first test in a fresh checkout compiles the numba kernels (~20 s, cached on 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import roma
 import torch
 
+from gshead.benchmarking import head_scene  # the benchmarks' head-like scenes
 from gshead.core.components import BuildContext
 from gshead.core.errors import GsheadError, ShapeError
 from gshead.core.registry import Registry
@@ -27,19 +26,6 @@ from gshead.plugins.renderers.torch_tiles import rasterize_tiles
 
 W, H = 40, 36
 ATOL = 1e-4
-
-
-def _load_scenes():
-    """The benchmarks' head-like scene builder (one definition of "head-like" for both)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("gshead_benchmark_scenes", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-head_scene = _load_scenes().head_scene
 
 
 def random_scene(n: int, channels: int, seed: int = 0, batch: int = 1, scale: float = 0.06):

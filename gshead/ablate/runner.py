@@ -1,0 +1,432 @@
+"""Run the variants of an ablation matrix: measure each, save one JSON per variant, resume later.
+
+Per variant (``run_variant``): build the pipeline; count parameters per component; optionally
+train (``train_variant``); reconstruct ``measure.repeats`` times (median time); check the contract
+on the real pipeline (isolation, immutability, output shape/range, frames that follow the head
+parameters); record a self-reconstruction PSNR; then, with the pipeline dropped so only the driving
+sessions remain, time ``measure.frames`` single frames at every render size after ``measure.warmup``
+untimed ones (median frame time, FPS = 1 / median).
+
+Results: ``OUT/variants/<id>.json``, written atomically. A rerun skips a variant whose JSON says
+``ok`` and carries the same config digest (``--force`` reruns it); failed or stale variants run
+again. A failing variant records its one-line error in its JSON and its traceback in
+``OUT/variants/<id>.traceback.txt``; the other variants still run.
+
+Workers: ``workers > 1`` runs variants in a ``ProcessPoolExecutor`` with the *spawn* start method
+(numba's OpenMP layer is not fork-safe), each worker using ``cores // workers`` torch threads.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gshead.ablate.matrix import LoadedMatrix, Variant
+from gshead.core.errors import ConfigError, ContractViolation, GsheadError
+
+RESULT_VERSION = 1
+
+
+def clock() -> float:
+    """Seconds from a monotonic clock (tests may replace it)."""
+    return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class VariantTask:
+    """Everything a worker process needs to run one variant (plain data: it is pickled to spawn)."""
+
+    id: str
+    axes: dict[str, str]  # axis path -> value label
+    config: dict[str, Any]  # validated pipeline config (JSON data)
+    digest: str
+    measure: dict[str, Any]  # MeasureSettings as JSON data
+    train: dict[str, Any] | None  # TrainSettings as JSON data, or None
+    image: str  # portrait to reconstruct (resolved path or example:...)
+    train_config: str | None  # resolved training config path
+    out_dir: str  # OUT (results go to OUT/variants)
+    threads: int | None  # torch threads for this variant (None: leave as set)
+
+
+@dataclass
+class RunSummary:
+    """What ``run_matrix`` did."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # every variant of the matrix that has a result
+
+
+def variants_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "variants"
+
+
+def result_path(out_dir: str | Path, variant_id: str) -> Path:
+    return variants_dir(out_dir) / f"{variant_id}.json"
+
+
+def traceback_path(out_dir: str | Path, variant_id: str) -> Path:
+    return variants_dir(out_dir) / f"{variant_id}.traceback.txt"
+
+
+def read_result(out_dir: str | Path, variant_id: str) -> dict[str, Any] | None:
+    """A variant's stored result, or None when missing or unreadable (it then runs again)."""
+    path = result_path(out_dir, variant_id)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_finished(result: dict[str, Any] | None, variant: Variant) -> bool:
+    """Whether a stored result is a success for this exact variant (same config digest)."""
+    return bool(result) and result.get("status") == "ok" and result.get("digest") == variant.digest
+
+
+def _write_text(path: Path, text: str) -> None:
+    from gshead.core.io import atomic_output
+
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: gshead's own messages as they are, others prefixed by their type."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, GsheadError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------- hooks
+def build_pipeline(config: dict[str, Any], registry=None):
+    """Build a variant's pipeline (a module-level hook: tests count calls through it)."""
+    from gshead.core.config import validate_pipeline
+    from gshead.core.pipeline import Pipeline
+    from gshead.core.registry import get_registry
+
+    registry = registry or get_registry()
+    return Pipeline(validate_pipeline(config, registry, source="variant"), registry)
+
+
+def train_variant(pipeline, steps: int, config: str | None, out_dir: Path) -> dict[str, float]:
+    """The training hook: ``gshead.train.run_training(pipeline, config=PATH|None, steps=N,
+    out_dir=DIR) -> {metric: value}`` trains ``pipeline``'s modules in place and returns quality
+    metrics (higher-is-better or not, as named, e.g. ``psnr``, ``lpips``) that become ``quality.*``
+    columns. Without that function the variant fails with a ConfigError saying so."""
+    import importlib
+
+    try:
+        train_module = importlib.import_module("gshead.train")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("gshead.train", "gshead"):
+            raise
+        raise ConfigError(
+            "train: gshead.train is not installed; expected a trainer package providing "
+            "run_training(pipeline, config=, steps=, out_dir=), or remove 'train:' from the matrix"
+        ) from None
+    run = getattr(train_module, "run_training", None)
+    if not callable(run):
+        raise ConfigError(
+            "train: gshead.train has no run_training(pipeline, config=, steps=, out_dir=) function; "
+            "expected that hook, or remove 'train:' from the matrix"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir) or {}
+    return {str(k): float(v) for k, v in dict(metrics).items()}
+
+
+# ----------------------------------------------------------------------------------- one variant
+def parameter_counts(pipeline) -> dict[str, int]:
+    """Parameters per component (0 for components that are not modules) and their ``total``."""
+    import torch
+
+    counts: dict[str, int] = {}
+    for kind, component in pipeline.components().items():
+        n = sum(p.numel() for p in component.parameters()) if isinstance(component, torch.nn.Module) else 0
+        counts[kind] = int(n)
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def _check_contract(pipeline, avatar) -> None:
+    """The contract on the variant's own pipeline; ContractViolation (one line) when it breaks."""
+    import torch
+
+    session = pipeline.session(avatar)  # clause 1: isolation
+    params = pipeline.head_model.neutral(2)
+    params = params.replace(
+        jaw=torch.tensor([[0.0, 0, 0], [0.3, 0, 0]]), rotation=torch.tensor([[0, 0, 0], [0, 0.3, 0.0]])
+    )
+    frames = session.render(params)  # clause 2 after every stage
+    size = pipeline.config.render_size
+    if tuple(frames.shape) != (2, 3, size, size):
+        raise ContractViolation(f"frames must be [2, 3, {size}, {size}], got {list(frames.shape)}")
+    if not torch.isfinite(frames).all() or frames.min() < 0 or frames.max() > 1:
+        raise ContractViolation("frames must be finite and lie in [0, 1]")
+    if torch.equal(frames[0], frames[1]):
+        raise ContractViolation("different head parameters rendered identical frames")
+
+
+def _self_psnr(pipeline, avatar, image) -> float:
+    """PSNR (dB) of the avatar rendered at its source pose and camera against the input crop."""
+    import torch
+
+    size = pipeline.config.source_size
+    session = pipeline.session(avatar, render_size=size)
+    rendered = session.render(avatar.source)  # [1, 3, S, S]
+    mse = float(torch.mean((rendered - image) ** 2))
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _time_driving(session, motion, warmup: int, frames: int) -> list[float]:
+    n = motion.batch_size
+    for i in range(warmup):
+        session.render(motion.select(slice(i % n, i % n + 1)))
+    times = []
+    for i in range(frames):
+        j = (warmup + i) % n
+        frame = motion.select(slice(j, j + 1))
+        start = clock()
+        session.render(frame)
+        times.append(clock() - start)
+    return times
+
+
+def measure_variant(task: VariantTask) -> dict[str, Any]:
+    """Build, train (optionally), reconstruct, check and time one variant; the result fields."""
+    import torch
+
+    from gshead.core.io import read_image
+    from gshead.core.motion import demo_motion
+
+    measure = task.measure
+    out: dict[str, Any] = {}
+    start = clock()
+    pipeline = build_pipeline(task.config)
+    out["build_s"] = clock() - start
+    out["parameters"] = parameter_counts(pipeline)
+    quality: dict[str, float] = {}
+    if task.train is not None:
+        train_dir = variants_dir(task.out_dir) / f"{task.id}.train"
+        quality.update(train_variant(pipeline, int(task.train["steps"]), task.train_config, train_dir))
+    with torch.no_grad():
+        image = pipeline.prepare_image(read_image(task.image))
+        times = []
+        for _ in range(int(measure["repeats"])):
+            t0 = clock()
+            avatar = pipeline.reconstruct(image)
+            times.append(clock() - t0)
+        out["reconstruct_s"] = statistics.median(times)
+        out["reconstruct_times_s"] = times
+        out["gaussians"] = {"static": int(avatar.static.count), "driven": int(avatar.rig.dynamic.count)}
+        if measure.get("contract", True):
+            _check_contract(pipeline, avatar)
+            out["contract"] = "passed"
+        else:
+            out["contract"] = "not checked"
+        if measure.get("quality", True):
+            quality["self_psnr"] = _self_psnr(pipeline, avatar, image)
+        sizes = list(measure.get("render_sizes") or [pipeline.config.render_size])
+        sessions = {s: pipeline.session(avatar, render_size=s) for s in sizes}
+        n = int(measure["warmup"]) + int(measure["frames"])
+        motion = demo_motion(pipeline.head_model, max(n, 10))
+        del pipeline  # drop the encoder and lifter: only driving state is left while timing
+        gc.collect()
+        driving = {}
+        for s in sizes:
+            frame_times = _time_driving(sessions[s], motion, int(measure["warmup"]), int(measure["frames"]))
+            median = statistics.median(frame_times)
+            driving[str(s)] = {"frame_median_s": median, "fps": 1.0 / max(median, 1e-12)}
+    out["driving"] = driving
+    out["quality"] = quality
+    return out
+
+
+def run_variant(task: VariantTask) -> dict[str, Any]:
+    """Run one variant and save its result JSON (ok or failed); returns the result. Never raises
+    for a failing variant (KeyboardInterrupt still propagates)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    result: dict[str, Any] = {
+        "version": RESULT_VERSION,
+        "id": task.id,
+        "axes": task.axes,
+        "digest": task.digest,
+        "config": task.config,
+        "threads": torch.get_num_threads(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "torch": torch.__version__,
+        },
+    }
+    start = clock()
+    tb_file = traceback_path(task.out_dir, task.id)
+    try:
+        result.update(measure_variant(task))
+        result["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the others
+        result["status"] = "failed"
+        result["error"] = one_line(exc)
+        result["traceback"] = tb_file.name
+        _write_text(tb_file, "".join(traceback.format_exception(exc)))
+    finally:
+        torch.set_num_threads(before)
+    result["elapsed_s"] = clock() - start
+    if result["status"] == "ok" and tb_file.exists():
+        tb_file.unlink()  # an old failure's traceback no longer applies
+    _write_text(result_path(task.out_dir, task.id), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------------- a matrix
+def default_threads(workers: int) -> int:
+    """torch threads per worker: the cores this process may use, shared out."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def make_tasks(
+    loaded: LoadedMatrix, variants: Iterable[Variant], out_dir: str | Path, workers: int
+) -> list[VariantTask]:
+    m = loaded.matrix
+    measure = m.measure.model_dump(mode="json")
+    threads = m.measure.threads or default_threads(workers)
+    train = m.train.model_dump(mode="json") if m.train else None
+    train_config = loaded.resolve(m.train.config) if m.train and m.train.config else None
+    return [
+        VariantTask(
+            id=v.id,
+            axes=dict(v.axes),
+            config=v.config,
+            digest=v.digest,
+            measure=measure,
+            train=train,
+            image=loaded.resolve(m.measure.image),
+            train_config=train_config,
+            out_dir=str(out_dir),
+            threads=threads,
+        )
+        for v in variants
+    ]
+
+
+def _execute(tasks: list[VariantTask], workers: int, done: Callable[[dict[str, Any]], None]) -> None:
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            done(run_variant(task))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # numba's OpenMP layer is not fork-safe
+    executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    try:
+        futures = {executor.submit(run_variant, task): task for task in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                done(future.result())
+            except Exception as exc:  # noqa: BLE001 - the worker died (out of memory, native crash)
+                result = {
+                    "version": RESULT_VERSION,
+                    "id": task.id,
+                    "axes": task.axes,
+                    "digest": task.digest,
+                    "config": task.config,
+                    "status": "failed",
+                    "error": f"worker process failed: {one_line(exc)}",
+                }
+                _write_text(
+                    result_path(task.out_dir, task.id), json.dumps(result, indent=2, sort_keys=True) + "\n"
+                )
+                done(result)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+
+
+def run_matrix(
+    loaded: LoadedMatrix,
+    out_dir: str | Path,
+    workers: int = 1,
+    only: list[str] | None = None,
+    force: bool = False,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_skip: Callable[[str], None] | None = None,
+    plots: bool = True,
+) -> RunSummary:
+    """Run the matrix's variants (those in ``only``, default all) into ``out_dir``; skip finished
+    ones unless ``force``; write the report tables and plots over every variant with a result."""
+    from gshead.ablate.report import write_report
+
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: expected at least 1")
+    out_dir = Path(out_dir)
+    variants_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    selected = loaded.select(only)
+    summary = RunSummary()
+    todo = []
+    for v in selected:
+        if not force and is_finished(read_result(out_dir, v.id), v):
+            summary.skipped.append(v.id)
+            if on_skip:
+                on_skip(v.id)
+        else:
+            todo.append(v)
+
+    def done(result: dict[str, Any]) -> None:
+        summary.ran.append(result["id"])
+        if result.get("status") != "ok":
+            summary.failed.append(result["id"])
+        if on_result:
+            on_result(result)
+
+    _execute(make_tasks(loaded, todo, out_dir, workers), workers, done)
+    summary.ran.sort(key=[v.id for v in selected].index)
+    summary.failed.sort(key=[v.id for v in selected].index)
+    for v in loaded.variants:
+        stored = read_result(out_dir, v.id)
+        if stored is not None and stored.get("digest") == v.digest:
+            summary.results.append(stored)
+    write_report(summary.results, loaded, out_dir, plots=plots)
+    return summary
+
+
+__all__ = [
+    "RunSummary",
+    "VariantTask",
+    "build_pipeline",
+    "default_threads",
+    "is_finished",
+    "make_tasks",
+    "measure_variant",
+    "parameter_counts",
+    "read_result",
+    "result_path",
+    "run_matrix",
+    "run_variant",
+    "train_variant",
+]

@@ -1,0 +1,180 @@
+"""``gshead eval``: self- and cross-reenactment metrics of a pipeline on a dataset folder.
+
+    gshead eval DATASET [--pipeline YAML] [--weights FILE] [--split test] [--protocol self|cross|both]
+                        [--targets N] [--max-samples N] [--seed S]
+                        [--lpips-backbone VGG_PATH --lpips-lin LIN_PATH] [--identity-model PATH]
+                        [--tracker NAME|none] [--method NAME] [--baseline] [-o DIR] [-q]
+
+DATASET is a folder written by ``gshead.data`` (synthetic or converted videos). The results
+(``results.md``, ``results.csv``, ``results.json``, ``per_frame.csv``; see
+``gshead.eval.protocols``) go to ``-o DIR`` (default ``eval-results``), each written atomically.
+
+Metrics that need a model run only when its local file is given: LPIPS with ``--lpips-backbone``
+(torchvision-layout VGG16) and ``--lpips-lin`` (the lpips package's ``vgg.pth``), CSIM with
+``--identity-model`` (an ArcFace IResNet state dict). AKD/APD/AED use ``--tracker`` (default
+``mediapipe``; ``none`` skips them). Anything skipped is shown as ``–`` with a note saying why.
+``--baseline`` adds a row for the trivial baseline that returns the source portrait unchanged,
+so a trained pipeline can show that it beats it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PROTOCOLS = {"self": ("self",), "cross": ("cross",), "both": ("self", "cross")}
+DEFAULT_OUTPUT = "eval-results"
+BASELINE = "source (baseline)"
+"""Row name of the trivial baseline (``--baseline``): the source portrait returned unchanged."""
+
+
+def _metric_tracker(name: str, pipeline):
+    """(tracker or None, reason it is None) for AKD/APD/AED, built with the pipeline's head model."""
+    from gshead.core.registry import get_registry
+
+    if name == "none":
+        return None, "no tracker (--tracker none)"
+    if name == "frontal":
+        return (
+            None,
+            "tracker 'frontal' fits nothing (neutral parameters for every image); use --tracker mediapipe",
+        )
+    spec = get_registry().get("tracker", name)
+    unavailable = getattr(spec.config_class, "unavailable", None)
+    reason = unavailable() if callable(unavailable) else None
+    if reason:
+        return None, f"tracker {name!r} is unavailable: {reason}"
+    fields = {"name": name}
+    if "no_face" in spec.config_class.model_fields:
+        fields["no_face"] = "neutral"  # an output without a detectable face is counted, not fatal
+    tracker = spec.build(spec.config_class.model_validate(fields), pipeline.context)
+    if hasattr(tracker, "eval"):
+        tracker.eval()
+    return tracker, ""
+
+
+def build_suite(args, pipeline):
+    """The ``MetricSuite`` the arguments ask for (models loaded from local files only)."""
+    from gshead.core.errors import InputError
+    from gshead.eval.protocols import MetricSuite
+
+    reasons: dict[str, str] = {}
+    lpips = None
+    if bool(args.lpips_backbone) != bool(args.lpips_lin):
+        given, missing = (
+            ("--lpips-backbone", "--lpips-lin")
+            if args.lpips_backbone
+            else ("--lpips-lin", "--lpips-backbone")
+        )
+        raise InputError(f"{given} was given without {missing}; LPIPS needs both files")
+    if args.lpips_backbone:
+        from gshead.metrics.lpips import load_lpips
+
+        lpips = load_lpips(args.lpips_backbone, args.lpips_lin)
+    identity = None
+    if args.identity_model:
+        from gshead.metrics.face import load_identity_model
+
+        identity = load_identity_model(args.identity_model)
+    tracker, why = _metric_tracker(args.tracker, pipeline)
+    if tracker is None:
+        reasons["tracker"] = why
+    return MetricSuite(lpips=lpips, identity=identity, tracker=tracker, reasons=reasons)
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from gshead.cli import _progress
+    from gshead.core.config import default_pipeline_path
+    from gshead.core.errors import InputError
+    from gshead.core.pipeline import Pipeline
+    from gshead.data import ReenactmentDataset
+    from gshead.eval.protocols import MethodResults, evaluate, source_baseline, write_results
+
+    if args.max_samples is not None and args.max_samples < 1:
+        raise InputError(f"--max-samples {args.max_samples}: expected at least 1")
+    if args.targets < 1:
+        raise InputError(f"--targets {args.targets}: expected at least 1 target frame per sample")
+    torch.set_grad_enabled(False)
+    pipeline = Pipeline.from_yaml(args.pipeline or default_pipeline_path())
+    if args.weights:
+        pipeline.load_weights(args.weights)
+    suite = build_suite(args, pipeline)
+    methods = {args.method: None}  # None: reenact with the pipeline
+    if args.baseline:
+        methods[BASELINE] = source_baseline
+    results: dict = {m: {} for m in methods}
+    frames: dict = {m: {} for m in methods}
+    for protocol in PROTOCOLS[args.protocol]:
+        data = ReenactmentDataset(
+            args.dataset, args.split, targets=args.targets, seed=args.seed, cross=protocol == "cross"
+        )
+        head = pipeline.config.headmodel.name
+        if data.info.head_model != head:
+            raise InputError(
+                f"{args.dataset}: parameters are for head model {data.info.head_model!r}; the pipeline uses {head!r}"
+            )
+        n = len(data) if args.max_samples is None else min(len(data), args.max_samples)
+        for method, render in methods.items():
+            desc = f"eval {protocol}" + (f" ({method})" if render is not None else "")
+            with _progress(total=n * args.targets, desc=desc, unit="frame", disable=args.quiet) as bar:
+                samples = (data[i] for i in range(n))
+                results[method][protocol], frames[method][protocol] = evaluate(
+                    pipeline, samples, protocol, suite, bar.update, render=render
+                )
+    info = {
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "targets": args.targets,
+        "seed": args.seed,
+        "pipeline": str(args.pipeline or "default"),
+        "weights": str(args.weights) if args.weights else None,
+    }
+    rows = [MethodResults(m, results[m], frames[m]) for m in methods]
+    paths = write_results(args.output, rows, info=info)
+    if not args.quiet:
+        print((Path(args.output) / "results.md").read_text(encoding="utf-8"), file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add ``eval DATASET ...`` to the ``gshead`` subcommands."""
+    p = subparsers.add_parser("eval", help="self- and cross-reenactment metrics of a pipeline on a dataset")
+    p.add_argument("dataset", help="dataset folder (written by gshead.data)")
+    p.add_argument("--pipeline", help="pipeline YAML (default: the embedded default)")
+    p.add_argument("--weights", help="pipeline-weights file for this pipeline")
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="dataset split (default test)"
+    )
+    p.add_argument(
+        "--protocol", default="both", choices=tuple(PROTOCOLS), help="which protocols (default both)"
+    )
+    p.add_argument("--targets", type=int, default=4, help="target frames per sample (default 4)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate at most N samples per protocol")
+    p.add_argument("--seed", type=int, default=0, help="seed of the source/target frame choice (default 0)")
+    p.add_argument(
+        "--lpips-backbone", metavar="VGG_PATH", help="VGG16 weights (torchvision layout) for LPIPS"
+    )
+    p.add_argument(
+        "--lpips-lin", metavar="LIN_PATH", help="LPIPS lin-layer weights (the lpips package's vgg.pth)"
+    )
+    p.add_argument("--identity-model", metavar="PATH", help="ArcFace IResNet state dict for CSIM")
+    p.add_argument(
+        "--tracker", default="mediapipe", help="tracker for AKD/APD/AED, or 'none' (default mediapipe)"
+    )
+    p.add_argument("--method", default="gshead", help="row name in the tables (default gshead)")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="add a row for the source image returned unchanged (trivial baseline)",
+    )
+    p.add_argument(
+        "-o", "--output", default=DEFAULT_OUTPUT, help=f"results folder (default {DEFAULT_OUTPUT})"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+__all__ = ["add_parser", "build_suite", "cmd_eval"]

@@ -1,0 +1,181 @@
+"""``gshead export``: an avatar at a chosen expression and pose, as a standard 3DGS ``.ply``.
+
+    gshead export AVATAR -o head.ply [--expression NAME=VALUE ...] [--jaw R] [--eyes 6 values]
+                                     [--pose RX RY RZ] [--translation TX TY TZ] [--sh-degree 3|0]
+
+The avatar's driver poses its rig for the head parameters (the avatar's own identity, neutral
+unless told otherwise); the static and the posed Gaussians are written together. Driving applies
+the head pose as camera motion; a file has no camera, so here the pose moves the Gaussians
+themselves (means rotated and translated, rotations composed). With no ``--pose`` the head sits in
+its model space (y up, looking along +z), which is what viewers expect. See ``gshead.core.ply``
+for the file layout.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from gshead.core.errors import InputError
+from gshead.core.types import Gaussians, HeadParams
+
+if TYPE_CHECKING:
+    from gshead.core.avatar_io import LoadedAvatar
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product ``a * b`` of (w, x, y, z) quaternions [..., 4] (broadcast)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        (
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ),
+        -1,
+    )
+
+
+def posed_in_world(gaussians: Gaussians, params: HeadParams) -> Gaussians:
+    """``gaussians`` [B, N] moved by the head pose of ``params`` [B]: x -> R x + t, q -> q_R q."""
+    import roma
+
+    rotation = params.rotation.to(gaussians.means.dtype)  # [B, 3] axis-angle
+    r = roma.rotvec_to_rotmat(rotation)  # [B, 3, 3]
+    t = params.translation.to(gaussians.means.dtype)  # [B, 3]
+    means = gaussians.means @ r.transpose(1, 2) + t[:, None]  # [B, N, 3]
+    q_xyzw = roma.rotvec_to_unitquat(rotation)  # [B, 4] (x, y, z, w)
+    q_r = torch.cat([q_xyzw[:, 3:], q_xyzw[:, :3]], -1)[:, None]  # [B, 1, 4] (w, x, y, z)
+    quats = torch.nn.functional.normalize(quat_multiply(q_r, gaussians.quats), dim=-1)
+    return gaussians.replace(means=means, quats=quats)
+
+
+def export_gaussians(loaded: LoadedAvatar, params: HeadParams) -> Gaussians:
+    """Static + driven Gaussians [1, N] of ``loaded`` for head parameters ``params`` [1], in world
+    space (head pose applied to the Gaussians). The avatar's identity replaces ``params.identity``."""
+    avatar = loaded.avatar
+    if params.batch_size != 1:
+        raise InputError(f"export: expected one set of head parameters, got {params.batch_size}")
+    params = params.replace(identity=avatar.source.identity.expand(1, -1))
+    with torch.no_grad():
+        posed = loaded.driver.drive(avatar, params)  # [1, M]
+        everything = Gaussians.cat([avatar.static, posed])  # [1, Ns + M] in head space
+        return posed_in_world(everything, params)
+
+
+def export_params(
+    loaded: LoadedAvatar,
+    expression: dict[str, float] | None = None,
+    jaw: float = 0.0,
+    eyes: list[float] | None = None,
+    pose_degrees: list[float] | None = None,
+    translation: list[float] | None = None,
+) -> HeadParams:
+    """Neutral parameters of the avatar's head model with the named expression values, jaw
+    opening (radians, about +x), eye rotations (6 axis-angle values, radians), head rotation
+    (axis-angle in degrees) and translation (model units). Unknown expression name: InputError."""
+    from gshead.commands.headmodel import head_params
+
+    params = head_params(loaded.head_model, expression, None, jaw)
+    changes = {}
+    for name, values, size, scale in (
+        ("eyes", eyes, 6, 1.0),
+        ("rotation", pose_degrees, 3, math.pi / 180.0),
+        ("translation", translation, 3, 1.0),
+    ):
+        if values is None:
+            continue
+        if len(values) != size:
+            raise InputError(f"--{name}: expected {size} numbers, got {len(values)}")
+        changes[name] = torch.tensor([[float(v) * scale for v in values]], dtype=params.rotation.dtype)
+    return params.replace(**changes)
+
+
+def export(
+    avatar_path: str,
+    output: str,
+    expression: dict[str, float] | None = None,
+    jaw: float = 0.0,
+    eyes: list[float] | None = None,
+    pose_degrees: list[float] | None = None,
+    translation: list[float] | None = None,
+    sh_degree: int = 3,
+) -> int:
+    """Load ``avatar_path``, pose it, write ``output`` (.ply) atomically; returns the Gaussian count."""
+    from pathlib import Path
+
+    from gshead.core.avatar_io import load_avatar
+    from gshead.core.ply import write_ply
+
+    if Path(output).suffix.lower() != ".ply":
+        raise InputError(f"{output}: expected a .ply file name")
+    loaded = load_avatar(avatar_path)
+    params = export_params(loaded, expression, jaw, eyes, pose_degrees, translation)
+    gaussians = export_gaussians(loaded, params)
+    write_ply(output, gaussians, sh_degree=sh_degree)
+    return gaussians.count
+
+
+def cmd_export(args) -> int:
+    from gshead.commands.headmodel import parse_assignments
+
+    count = export(
+        args.avatar,
+        args.output,
+        expression=parse_assignments(args.expression, "--expression", as_float=True),
+        jaw=args.jaw,
+        eyes=args.eyes,
+        pose_degrees=args.pose,
+        translation=args.translation,
+        sh_degree=args.sh_degree,
+    )
+    print(f"wrote {args.output}: {count} Gaussians (SH degree {args.sh_degree})", file=sys.stderr)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add ``export`` to the ``gshead`` subcommands."""
+    p = subparsers.add_parser("export", help="write an avatar at a chosen expression as a standard 3DGS .ply")
+    p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
+    p.add_argument("-o", "--output", required=True, help="PLY file to write")
+    p.add_argument(
+        "--expression", action="append", default=[], metavar="NAME=VALUE",
+        help="expression unit value, names from 'gshead headmodel info' (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--jaw", type=float, default=0.0, help="jaw opening in radians (default 0)")
+    p.add_argument(
+        "--eyes",
+        type=float,
+        nargs=6,
+        default=None,
+        metavar="R",
+        help="left then right eye rotation, axis-angle radians",
+    )
+    p.add_argument(
+        "--pose",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar="DEG",
+        help="head rotation, axis-angle in degrees (x pitch, y yaw, z roll)",
+    )
+    p.add_argument(
+        "--translation",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar="T",
+        help="head translation in model units",
+    )
+    p.add_argument(
+        "--sh-degree", type=int, choices=(0, 3), default=3,
+        help="3 (default): 45 zero f_rest values, opened by every viewer incl. the original "
+        "3DGS/SIBR; 0: no f_rest, smaller, for web viewers",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_export)
