@@ -156,7 +156,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             warnings.warn(
-                "tensorboard is not installed: scalars go to scalars.csv only (pip install tensorboard)",
+                "tensorboard is not installed: scalars go to scalars.csv only (pip install 'gshead[train]')",
                 stacklevel=2,
             )
             return None

@@ -294,3 +294,22 @@ def test_cli_shipped_config_without_its_dataset(tmp_path, monkeypatch, capsys):
         == "gshead: error: data.root data/synth: no such folder; expected a dataset (see write_synthetic_dataset)"
     )
     assert not (tmp_path / "runs" / "tiny-synthetic" / "checkpoints").exists()
+
+
+def test_tensorboard_event_file_holds_scalars_and_grids(tmp_path):
+    """The real TensorBoard writer (when installed): an event file that TensorBoard's own reader parses."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'gshead[train]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gshead.train.logging import RunLogger
+
+    logger = RunLogger(tmp_path, quiet=True)
+    logger.scalars(3, {"loss": 0.5})
+    logger.images(3, torch.rand(1, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.rand(2, 5, 8, 8), torch.rand(2, 3, 16, 16))
+    logger.close()
+    events = list(tmp_path.rglob("events.out.tfevents*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["train/loss"] and acc.Tags()["images"] == ["train/grid"]
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(3, 0.5)]
