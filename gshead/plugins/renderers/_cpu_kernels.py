@@ -546,13 +546,14 @@ def composite_backward(
     return out
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
+@njit(cache=True, fastmath=_FM, parallel=True, error_model="numpy")
 def project(means, quats, scales, world_to_camera, intrinsics, width, height, near, eps2d):
     """Forward-only projection of one camera's Gaussians: the same formulas, in the same order
     of operations where it matters, as ``projection.project_gaussians`` (see its docstring), for
     renders that need no gradient. Returns ``means2d [N, 2]``, ``conics [N, 3]``, ``depths [N]``
-    float32 and ``valid [N]`` bool. Serial: a few ms, and a parallel version would add several
-    seconds to the first-call compile for little gain on 2 cores."""
+    float32 and ``valid [N]`` bool. Every 3x3 product is written out in scalars so it stays in
+    registers, and Gaussians are split over the threads (scene A: 3.5 ms serial with 3x3 scratch
+    arrays, about 1.5 ms now on 2 cores)."""
     n = means.shape[0]
     means2d = np.zeros((n, 2), np.float32)
     conics = np.zeros((n, 3), np.float32)
@@ -570,18 +571,17 @@ def project(means, quats, scales, world_to_camera, intrinsics, width, height, ne
     u_hi = (F32(width) - cx) / fx + lim * tan_fovx
     v_lo = -(cy / fy + lim * tan_fovy)
     v_hi = (F32(height) - cy) / fy + lim * tan_fovy
-    rot = np.empty((3, 3), np.float32)
-    m = np.empty((3, 3), np.float32)
-    cov = np.empty((3, 3), np.float32)
-    tmp = np.empty((3, 3), np.float32)
-    covc = np.empty((3, 3), np.float32)
-    for g in range(n):
+    r00, r01, r02 = rc[0, 0], rc[0, 1], rc[0, 2]
+    r10, r11, r12 = rc[1, 0], rc[1, 1], rc[1, 2]
+    r20, r21, r22 = rc[2, 0], rc[2, 1], rc[2, 2]
+    w0, w1, w2 = world_to_camera[0, 3], world_to_camera[1, 3], world_to_camera[2, 3]
+    for g in prange(n):
         x = means[g, 0]
         y = means[g, 1]
         z = means[g, 2]
-        t0 = rc[0, 0] * x + rc[0, 1] * y + rc[0, 2] * z + world_to_camera[0, 3]
-        t1 = rc[1, 0] * x + rc[1, 1] * y + rc[1, 2] * z + world_to_camera[1, 3]
-        t2 = rc[2, 0] * x + rc[2, 1] * y + rc[2, 2] * z + world_to_camera[2, 3]
+        t0 = r00 * x + r01 * y + r02 * z + w0
+        t1 = r10 * x + r11 * y + r12 * z + w1
+        t2 = r20 * x + r21 * y + r22 * z + w2
         depths[g] = t2
         if not t2 > near:
             continue
@@ -594,27 +594,45 @@ def project(means, quats, scales, world_to_camera, intrinsics, width, height, ne
         qx /= norm
         qy /= norm
         qz /= norm
-        rot[0, 0] = ONE - F32(2) * (qy * qy + qz * qz)
-        rot[0, 1] = F32(2) * (qx * qy - qw * qz)
-        rot[0, 2] = F32(2) * (qx * qz + qw * qy)
-        rot[1, 0] = F32(2) * (qx * qy + qw * qz)
-        rot[1, 1] = ONE - F32(2) * (qx * qx + qz * qz)
-        rot[1, 2] = F32(2) * (qy * qz - qw * qx)
-        rot[2, 0] = F32(2) * (qx * qz - qw * qy)
-        rot[2, 1] = F32(2) * (qy * qz + qw * qx)
-        rot[2, 2] = ONE - F32(2) * (qx * qx + qy * qy)
-        for i in range(3):
-            for j in range(3):
-                m[i, j] = rot[i, j] * scales[g, j]
-        for i in range(3):
-            for j in range(3):
-                cov[i, j] = m[i, 0] * m[j, 0] + m[i, 1] * m[j, 1] + m[i, 2] * m[j, 2]
-        for i in range(3):
-            for j in range(3):
-                tmp[i, j] = rc[i, 0] * cov[0, j] + rc[i, 1] * cov[1, j] + rc[i, 2] * cov[2, j]
-        for i in range(3):
-            for j in range(3):
-                covc[i, j] = tmp[i, 0] * rc[j, 0] + tmp[i, 1] * rc[j, 1] + tmp[i, 2] * rc[j, 2]
+        # M = R(q) diag(s), scalars only (kept in registers)
+        sx = scales[g, 0]
+        sy = scales[g, 1]
+        sz = scales[g, 2]
+        m00 = (ONE - F32(2) * (qy * qy + qz * qz)) * sx
+        m01 = (F32(2) * (qx * qy - qw * qz)) * sy
+        m02 = (F32(2) * (qx * qz + qw * qy)) * sz
+        m10 = (F32(2) * (qx * qy + qw * qz)) * sx
+        m11 = (ONE - F32(2) * (qx * qx + qz * qz)) * sy
+        m12 = (F32(2) * (qy * qz - qw * qx)) * sz
+        m20 = (F32(2) * (qx * qz - qw * qy)) * sx
+        m21 = (F32(2) * (qy * qz + qw * qx)) * sy
+        m22 = (ONE - F32(2) * (qx * qx + qy * qy)) * sz
+        # world covariance M M^T (symmetric)
+        c00 = m00 * m00 + m01 * m01 + m02 * m02
+        c01 = m00 * m10 + m01 * m11 + m02 * m12
+        c02 = m00 * m20 + m01 * m21 + m02 * m22
+        c11 = m10 * m10 + m11 * m11 + m12 * m12
+        c12 = m10 * m20 + m11 * m21 + m12 * m22
+        c22 = m20 * m20 + m21 * m21 + m22 * m22
+        # tmp = Rc cov
+        a00 = r00 * c00 + r01 * c01 + r02 * c02
+        a01 = r00 * c01 + r01 * c11 + r02 * c12
+        a02 = r00 * c02 + r01 * c12 + r02 * c22
+        a10 = r10 * c00 + r11 * c01 + r12 * c02
+        a11 = r10 * c01 + r11 * c11 + r12 * c12
+        a12 = r10 * c02 + r11 * c12 + r12 * c22
+        a20 = r20 * c00 + r21 * c01 + r22 * c02
+        a21 = r20 * c01 + r21 * c11 + r22 * c12
+        a22 = r20 * c02 + r21 * c12 + r22 * c22
+        # camera covariance tmp Rc^T (the entries the 2D projection needs)
+        k00 = a00 * r00 + a01 * r01 + a02 * r02
+        k01 = a00 * r10 + a01 * r11 + a02 * r12
+        k02 = a00 * r20 + a01 * r21 + a02 * r22
+        k11 = a10 * r10 + a11 * r11 + a12 * r12
+        k12 = a10 * r20 + a11 * r21 + a12 * r22
+        k20 = a20 * r00 + a21 * r01 + a22 * r02
+        k21 = a20 * r10 + a21 * r11 + a22 * r12
+        k22 = a20 * r20 + a21 * r21 + a22 * r22
         u = min(max(t0 / t2, u_lo), u_hi)
         v = min(max(t1 / t2, v_lo), v_hi)
         tx = t2 * u
@@ -624,11 +642,11 @@ def project(means, quats, scales, world_to_camera, intrinsics, width, height, ne
         j11 = fy / t2
         j12 = -fy * ty / (t2 * t2)
         # cov2d = J covc J^T with J = [[j00, 0, j02], [0, j11, j12]]
-        a0 = j00 * covc[0, 0] + j02 * covc[2, 0]
-        a1 = j00 * covc[0, 1] + j02 * covc[2, 1]
-        a2 = j00 * covc[0, 2] + j02 * covc[2, 2]
-        b1 = j11 * covc[1, 1] + j12 * covc[2, 1]
-        b2 = j11 * covc[1, 2] + j12 * covc[2, 2]
+        a0 = j00 * k00 + j02 * k20
+        a1 = j00 * k01 + j02 * k21
+        a2 = j00 * k02 + j02 * k22
+        b1 = j11 * k11 + j12 * k21
+        b2 = j11 * k12 + j12 * k22
         s00 = a0 * j00 + a2 * j02 + eps2d
         s01 = a1 * j11 + a2 * j12
         s11 = b1 * j11 + b2 * j12 + eps2d
