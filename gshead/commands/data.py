@@ -73,6 +73,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_writing_options(s) -> None:
+    """Options shared by the commands that write a dataset: splits, overwrite, quiet."""
+    s.add_argument(
+        "--splits", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of identities per split (default 0.8 0.1 0.1)",
+    )  # fmt: skip
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def add_parser(subparsers) -> None:
     """Add ``data {synth,from-videos,info}`` to the ``gshead`` subcommands."""
     p = subparsers.add_parser("data", help="make and inspect training datasets")
@@ -86,12 +96,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--head-model", default="procedural", help="registered head model (default procedural)")
-    s.add_argument(
-        "--splits", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of identities per split (default 0.8 0.1 0.1)",
-    )  # fmt: skip
-    s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_writing_options(s)
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("from-videos", help="convert a folder of videos and tracked sequences (VFHQ-style)")
@@ -101,12 +106,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("-o", "--output", required=True, help="dataset folder to create (new or empty)")
     s.add_argument("--size", type=int, default=128, help="crop side in pixels (default 128)")
     s.add_argument("--seed", type=int, default=0, help="seed of the identity split (default 0)")
-    s.add_argument(
-        "--splits", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of identities per split (default 0.8 0.1 0.1)",
-    )  # fmt: skip
-    s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_writing_options(s)
     s.set_defaults(func=cmd_from_videos)
 
     s = sub.add_parser("info", help="what a dataset folder holds")
