@@ -95,6 +95,9 @@ def test_main_job_on_the_embedded_default(tmp_path):
     frames, _, _ = read_video(video)
     first = next(frames)
     assert 0.15 < float(first.mean()) < 0.85, "the video should show the portrait, not a blank frame"
+    from gshead.core.avatar_io import load_avatar
+
+    assert load_avatar(avatar).config.headmodel.name == "anny-head"  # the default pipeline's head model
 
 
 def test_reenact_from_a_tracked_sequence_file(avatar_file, tmp_path):

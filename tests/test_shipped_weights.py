@@ -33,12 +33,16 @@ def test_unknown_builtin_name_lists_the_shipped_ones():
 
 def test_shipped_weights_beat_the_trivial_baseline_on_unseen_synthetic_heads(tmp_path):
     """Self-reenactment on identities drawn with a seed the training data never used: the trained
-    pipeline must beat returning the source image unchanged (it did by 6.8 dB on the test split)."""
+    pipeline must beat returning the source image unchanged (it did by 6.0 dB on the test split)."""
     from gshead.data import ReenactmentDataset, write_synthetic_dataset
 
     root = tmp_path / "heldout"
-    write_synthetic_dataset(root, identities=3, frames=3, size=128, seed=12345, splits=(1.0, 0.0, 0.0), progress=False)
     pipeline = Pipeline.default()
+    head = pipeline.config.headmodel.name  # the data must be made with the pipeline's head model
+    assert head == "anny-head"
+    write_synthetic_dataset(
+        root, identities=3, frames=3, size=128, seed=12345, head_model=head, splits=(1.0, 0.0, 0.0), progress=False
+    )
     pipeline.load_weights("builtin:default")
     ours, baseline = [], []
     for sample in ReenactmentDataset(root, split="train", targets=2, seed=0):

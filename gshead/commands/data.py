@@ -5,7 +5,8 @@
     gshead data from-videos FOLDER -o DIR [--size S] [--seed SEED] [--overwrite] [-q]
     gshead data info DIR [--json]
 
-``synth`` renders the synthetic multi-identity dataset (``gshead.data.synthetic``); ``from-videos``
+``synth`` renders the synthetic multi-identity dataset (``gshead.data.synthetic``) with the head
+model of the embedded default pipeline unless ``--head-model`` names another; ``from-videos``
 converts a folder of videos and tracked sequences (``gshead.data.videos``). Both write the shard
 format of ``gshead.data.format`` atomically: an interrupted run leaves no DIR.
 """
@@ -14,6 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
+
+
+def default_head_model() -> str:
+    """The head model of the embedded default pipeline (what ``tiny-synthetic`` trains)."""
+    from gshead.core.config import default_pipeline_path, read_yaml
+
+    return str(read_yaml(default_pipeline_path(), "pipeline config")["headmodel"]["name"])
 
 
 def cmd_synth(args) -> int:
@@ -25,7 +33,7 @@ def cmd_synth(args) -> int:
         frames=args.frames,
         size=args.size,
         seed=args.seed,
-        head_model=args.head_model,
+        head_model=args.head_model or default_head_model(),
         splits=tuple(args.splits),
         progress=not args.quiet,
         clips_per_identity=args.clips,
@@ -95,7 +103,10 @@ def add_parser(subparsers) -> None:
     s.add_argument("--clips", type=int, default=1, help="clips per identity (default 1)")
     s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--head-model", default="procedural", help="registered head model (default procedural)")
+    s.add_argument(
+        "--head-model", default=None,
+        help="registered head model (default: the embedded default pipeline's, anny-head)",
+    )  # fmt: skip
     _add_writing_options(s)
     s.set_defaults(func=cmd_synth)
 

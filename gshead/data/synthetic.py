@@ -1,9 +1,12 @@
 """A synthetic multi-identity head dataset rendered through gshead's own rasterizer.
 
-Each identity is a random shape of a registered head model (``procedural`` by default) covered
-with Gaussians bound to its triangles, as the ``mesh-bound`` driver binds them, and given a
-procedural appearance: a skin tone, lips, brows, sclera and iris, a hair cap with a random
-hairline, blush and fine noise detail. Each clip of an identity has random expressions, jaw and
+Each identity is a random shape of a registered head model (``procedural`` by default here;
+``gshead data synth`` uses the default pipeline's, ``anny-head``) covered with Gaussians bound to
+its triangles, as the ``mesh-bound`` driver binds them, and given a procedural appearance: a skin
+tone, lips, brows, sclera and iris, a hair cap with a random hairline, blush and fine noise
+detail. The shape comes from the model's own ``sample_identity`` when it has one (``anny-head``:
+plausible adults), else from N(0, 0.8²) coefficients; the painted features sit where the model's
+named landmarks say (see ``face_layout``). Each clip of an identity has random expressions, jaw and
 eye rotations and head poses (head pose is camera motion, exactly as ``drive_frames`` applies it),
 one random light direction (Lambert shading of the Gaussians' colours by their triangles' normals)
 and a random background colour.
@@ -39,6 +42,11 @@ CAMERA_DISTANCE = 1.0
 """Camera distance from the head centre (metres): the ``frontal`` tracker's default."""
 CAMERA_FOV = 18.0
 """Horizontal field of view in degrees: the ``frontal`` tracker's default."""
+
+
+DEFAULT_IDENTITY_SCALE = 0.8
+"""Standard deviation of the identity coefficients of a head model without ``sample_identity``:
+right for bases whose coefficients are about unit-variance (``procedural``, FLAME's PCA shapes)."""
 
 
 def _seed(*parts: int) -> int:
@@ -122,13 +130,29 @@ class FaceLayout:
     front: float  # largest z of the mesh
     back: float  # smallest z of the mesh
     half_width: float  # half the x extent
+    brow_floor: float = -math.inf  # brows are painted only in front of this z (keeps them off
+    # surfaces behind the brow ridge: the eyeballs and the eye sockets of meshes that have them)
+
+
+LID_AND_LIP_LANDMARKS = (
+    "eye_left_upper_lid", "eye_left_lower_lid", "eye_right_upper_lid", "eye_right_lower_lid",
+    "upper_lip", "lower_lip",
+)  # fmt: skip
+"""Landmark names (``anny-head``'s) that place the eyes and the mouth when the procedural ones are missing."""
+BROW_ABOVE_EYES = 0.34
+"""Brow centres above the eye centres, as a fraction of the distance between the eyes."""
+MOUTH_HALF_WIDTH = 0.375
+"""Half the mouth width as a fraction of the distance between the eyes."""
 
 
 def face_layout(model, mesh_vertices: Tensor, landmarks: Tensor) -> FaceLayout:
-    """Feature positions from the model's named landmarks when it has the ``procedural`` names,
-    else from fractions of the mesh's bounding box (rough, but any head model works)."""
+    """Feature positions from the model's named landmarks: the ``procedural`` names (eye corners,
+    brows, mouth corners, lips), else ``LID_AND_LIP_LANDMARKS`` (``anny-head``: eyes between the
+    lids, mouth between the lips, brows and mouth width in proportion to the eye distance), else
+    fractions of the mesh's bounding box (rough, but any head model works)."""
     v = mesh_vertices
     lo, hi = v.min(0).values, v.max(0).values
+    floor = -math.inf
     centre, half = (lo + hi) / 2, (hi - lo) / 2
     names = tuple(getattr(model, "landmark_names", ()))
 
@@ -147,6 +171,20 @@ def face_layout(model, mesh_vertices: Tensor, landmarks: Tensor) -> FaceLayout:
         mouth = (ml + mr + lu + ll) / 4
         mhw = float((ml - mr).norm()) / 2
         lhh = float((lu - ll).norm()) / 2
+    elif all(n in names for n in LID_AND_LIP_LANDMARKS):
+        # anny-head's names: eye lids and lips (no brows or mouth corners: those are placed in
+        # proportion to the eye distance, as on an average adult face)
+        eyes = torch.stack([
+            (lm("eye_left_upper_lid") + lm("eye_left_lower_lid")) / 2,
+            (lm("eye_right_upper_lid") + lm("eye_right_lower_lid")) / 2,
+        ])  # fmt: skip
+        ipd = float((eyes[0] - eyes[1]).norm())
+        brows = eyes + torch.tensor([0.0, BROW_ABOVE_EYES * ipd, 0.0])
+        lu, ll = lm("upper_lip"), lm("lower_lip")
+        mouth = (lu + ll) / 2
+        mhw = MOUTH_HALF_WIDTH * ipd
+        lhh = float((lu - ll).norm()) / 2
+        floor = float(eyes[:, 2].min()) - 0.002
     else:
 
         def at(fx: float, fy: float) -> Tensor:
@@ -160,6 +198,7 @@ def face_layout(model, mesh_vertices: Tensor, landmarks: Tensor) -> FaceLayout:
     return FaceLayout(
         eyes=eyes, brows=brows, mouth=mouth, mouth_half_width=mhw, lip_half_height=max(lhh, 0.004),
         top=float(hi[1]), front=float(hi[2]), back=float(lo[2]), half_width=float(half[0]),
+        brow_floor=floor,
     )  # fmt: skip
 
 
@@ -244,6 +283,8 @@ def albedo(points: Tensor, layout: FaceLayout, g: torch.Generator) -> Tensor:
             * (1 - _smoothstep((y - arc).abs(), 0.6 * thick, thick))
             * front
         )
+        if math.isfinite(layout.brow_floor):
+            w = w * _smoothstep(z, layout.brow_floor - 0.002, layout.brow_floor)
         colour = colour * (1 - w[:, None]) + w[:, None] * brow
 
     # eyes: sclera, iris, pupil
@@ -310,11 +351,18 @@ def sample_lighting(g: torch.Generator) -> Lighting:
     )
 
 
+ACTIVE_EXPRESSIONS = 4.5
+"""Mean number of expressions active in a random frame (each with probability 0.3, or
+``ACTIVE_EXPRESSIONS / E`` for a model with more than 15 expressions)."""
+
+
 def sample_clip_params(model, identity: Tensor, frames: int, g: torch.Generator) -> HeadParams:
     """Random per-frame parameters [frames] for one identity [1, I]: sparse expressions in [0, 1],
     jaw opening, gaze, head rotation (about +-30 degrees of yaw) and a small translation."""
     e = len(model.expression_names)
-    active = torch.rand(frames, e, generator=g) < 0.3
+    # about 4.5 active expressions per frame: 30% of procedural's 15, fewer of anny's 52 ARKit ones
+    rate = 0.3 if e <= ACTIVE_EXPRESSIONS / 0.3 else ACTIVE_EXPRESSIONS / e
+    active = torch.rand(frames, e, generator=g) < rate
     expression = torch.rand(frames, e, generator=g) * active
     neutral = torch.rand(frames, 1, generator=g) < 0.15
     expression = torch.where(neutral, 0.15 * expression, expression)
@@ -355,7 +403,9 @@ class SyntheticHeads:
     :param head_model: registered head-model name.
     :param rasterizer: registered rasterizer name (``cpu``: the numba kernel; ``torch-tiles``).
     :param gaussians_per_face: Gaussians per mesh triangle (more: finer appearance detail).
-    :param identity_scale: standard deviation of the identity coefficients.
+    :param identity_scale: standard deviation of normally drawn identity coefficients. ``None``
+        (the default): the head model's own ``sample_identity(generator, batch_size)`` when it has
+        one (``anny-head``: plausible adults), else ``DEFAULT_IDENTITY_SCALE``.
     """
 
     def __init__(
@@ -364,7 +414,7 @@ class SyntheticHeads:
         head_model: str = "procedural",
         rasterizer: str = "cpu",
         gaussians_per_face: int = 3,
-        identity_scale: float = 0.8,
+        identity_scale: float | None = None,
         head_model_fields: dict[str, Any] | None = None,
         registry=None,
     ) -> None:
@@ -375,7 +425,7 @@ class SyntheticHeads:
         self.model = build_head_model(head_model, head_model_fields, registry)
         self.rasterizer = build_rasterizer(rasterizer, registry)
         self.gaussians_per_face = int(gaussians_per_face)
-        self.identity_scale = float(identity_scale)
+        self.identity_scale = None if identity_scale is None else float(identity_scale)
 
     @property
     def identity_dim(self) -> int:
@@ -386,7 +436,12 @@ class SyntheticHeads:
         """Identity ``index`` of this seed (independent of how many identities are made)."""
         g = _gen(self.seed, 1, index)
         model = self.model
-        ident = torch.randn(1, self.identity_dim, generator=g) * self.identity_scale
+        sampler = getattr(model, "sample_identity", None)
+        if self.identity_scale is None and callable(sampler):
+            ident = sampler(g, 1).float().reshape(1, self.identity_dim)
+        else:
+            scale = DEFAULT_IDENTITY_SCALE if self.identity_scale is None else self.identity_scale
+            ident = torch.randn(1, self.identity_dim, generator=g) * scale
         neutral = model.neutral(1).replace(identity=ident)
         mesh = model(neutral)
         faces = model.faces

@@ -234,7 +234,7 @@ def test_cli_synth_and_info(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().err
     assert main(["data", "info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "procedural" in text and "16x16, 2 per clip" in text
+    assert "anny-head" in text and "16x16, 2 per clip" in text  # the default pipeline's head model
     assert main(["data", "info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "gshead.dataset"
     assert main(["data", "synth", "-n", "3", "-o", str(out), "-q"]) == 2
@@ -243,6 +243,11 @@ def test_cli_synth_and_info(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "missing")]) == 2
     assert main(["data", "synth", "-n", "2", "-o", str(tmp_path / "x"), "--frames", "1", "-q"]) == 2
     assert "at least 2" in capsys.readouterr().err
+    other = tmp_path / "procedural"
+    args = ["data", "synth", "-n", "2", "-o", str(other), "--frames", "2", "--size", "16", "--head-model", "procedural"]
+    assert main([*args, "-q"]) == 0
+    assert main(["data", "info", str(other)]) == 0
+    assert "head model: procedural" in capsys.readouterr().out
 
 
 def test_parameters_and_cameras_follow_the_pipeline_conventions(dataset):

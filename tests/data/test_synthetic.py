@@ -148,3 +148,119 @@ def test_layout_falls_back_to_the_bounding_box_without_named_landmarks(heads):
     assert (plain.eyes[:, :2] - named.eyes[:, :2]).abs().max() < 0.02  # near the real eyes on this head
     colours = albedo(verts, plain, torch.Generator().manual_seed(0))
     assert colours.shape == verts.shape and 0 <= colours.min() and colours.max() <= 1
+
+
+def test_procedural_identities_are_still_drawn_with_the_default_scale(heads):
+    """Models without ``sample_identity`` keep N(0, 0.8²) coefficients (the procedural data is unchanged)."""
+    from gshead.data.synthetic import DEFAULT_IDENTITY_SCALE, _gen
+
+    assert not hasattr(heads.model, "sample_identity")
+    expected = torch.randn(1, heads.identity_dim, generator=_gen(0, 1, 5)) * DEFAULT_IDENTITY_SCALE
+    assert torch.equal(heads.identity(5).identity, expected)
+    scaled = SyntheticHeads(seed=0, gaussians_per_face=1, identity_scale=0.1)
+    assert torch.allclose(scaled.identity(5).identity, expected / 8)
+
+
+# ------------------------------------------------------------------ anny-head (the default pipeline's)
+ANNY_IDS = range(6)
+
+
+@pytest.fixture(scope="module")
+def anny_heads() -> SyntheticHeads:
+    pytest.importorskip("anny")
+    return SyntheticHeads(seed=0, head_model="anny-head")  # 3 Gaussians per face: the eyes are small
+
+
+def _project(heads: SyntheticHeads, points: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel coordinates [N, 2] (x right, y down) of head-space points [N, 3], frontal camera."""
+    camera = heads.camera(size)
+    w, k = camera.world_to_camera[0], camera.intrinsics[0]
+    uvw = (points @ w[:3, :3].T + w[:3, 3]) @ k.T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+def test_anny_identities_are_plausible_adults(anny_heads):
+    """Sampled by the model (not N(0, 0.8²) over 284 columns): phenotypes in range, local changes
+    exact (non-negative), shapes varied but within a few per cent of the head's size."""
+    from gshead.plugins.headmodels.anny_head import PHENOTYPE_RANGES
+
+    model = anny_heads.model
+    template = model.template
+    height = float(template[:, 1].max() - template[:, 1].min())
+    shifts = []
+    for i in ANNY_IDS:
+        ident = anny_heads.identity(i).identity[0]
+        for name, (lo, hi) in PHENOTYPE_RANGES.items():
+            assert lo <= float(ident[model.identity_names.index(name)]) <= hi
+        assert ident[len(PHENOTYPE_RANGES) :].min() >= 0
+        verts = model(model.neutral(1).replace(identity=ident[None])).vertices[0]
+        shifts.append(float((verts - template).norm(dim=-1).mean()))
+    assert all(0.002 < s < 0.06 * height for s in shifts), (shifts, height)
+    assert len({round(s, 5) for s in shifts}) == len(shifts)  # all different
+
+
+def test_anny_identities_are_upright_and_framed(anny_heads):
+    """Eyes above the nose above the mouth above the chin in the image, left eye on the image right,
+    the face centred and the crown inside the frame."""
+    size = 64
+    model = anny_heads.model
+    light = _light()
+    for i in ANNY_IDS:
+        person = anny_heads.identity(i)
+        mesh = model(model.neutral(1).replace(identity=person.identity))
+        lm = dict(zip(model.landmark_names, _project(anny_heads, mesh.landmarks[0].float(), size)))
+        eye_left = (lm["eye_left_upper_lid"] + lm["eye_left_lower_lid"]) / 2
+        eye_right = (lm["eye_right_upper_lid"] + lm["eye_right_lower_lid"]) / 2
+        eyes_y = float(eye_left[1] + eye_right[1]) / 2
+        assert eyes_y < lm["nose_tip"][1] < lm["upper_lip"][1] < lm["lower_lip"][1] < lm["chin"][1], i
+        assert eye_left[0] > size / 2 > eye_right[0]  # subject's left (+x) is on the image's right
+        assert abs(float(lm["nose_tip"][0]) - size / 2) < size * 0.05
+        assert 0.1 * size < eyes_y < 0.55 * size and lm["chin"][1] < 0.95 * size
+        image = anny_heads.render(person, model.neutral(1), size, light)[0]
+        fg = _foreground(image, light.background)
+        assert 0.2 < fg.float().mean() < 0.75
+        assert not fg[:, 0].any() and not fg[:, -1].any()  # the ears fit
+        # Same camera as the frontal tracker's (what reconstruction assumes): the crown may touch
+        # the top edge, as in a face crop of a real portrait, but the forehead is inside.
+        assert fg[0].sum() < 0.8 * fg.sum(1).max()  # at most the rounded crown is cut (and the neck)
+
+
+def test_anny_features_are_painted_where_the_landmarks_are(anny_heads):
+    """Lips at the projected mouth (redder than the cheek), eyes at the projected eye centres between
+    the lids (not skin-coloured): the feature layout uses anny-head's own landmark names."""
+    from gshead.data.synthetic import face_layout
+
+    size = 128
+    model = anny_heads.model
+    light = _light(ambient=1.0)
+    for i in ANNY_IDS:
+        person = anny_heads.identity(i)
+        mesh = model(model.neutral(1).replace(identity=person.identity))
+        layout = face_layout(model, mesh.vertices[0].float(), mesh.landmarks[0].float())
+        lm = mesh.landmarks[0].float()
+        mouth_lm = (lm[model.landmark_index("upper_lip")] + lm[model.landmark_index("lower_lip")]) / 2
+        assert (layout.mouth - mouth_lm).norm() < 1e-6
+        image = anny_heads.render(person, model.neutral(1), size, light)[0]
+        mouth, eye_l, eye_r, nose = (
+            _project(
+                anny_heads,
+                torch.stack([mouth_lm, layout.eyes[0], layout.eyes[1], lm[model.landmark_index("nose_tip")]]),
+                size,
+            )
+            .round()
+            .long()
+        )
+        # the cheek: below the eye, beside the nose
+        cheek = torch.stack([(mouth[0] + eye_l[0]) // 2 + 3, (mouth[1] + nose[1]) // 2])
+
+        def pixel(p, r=1, image=image):
+            return image[:, p[1] - r : p[1] + r + 1, p[0] - r : p[0] + r + 1].mean((1, 2))
+
+        def redness(c):
+            return float(c[0] - c[1]) / max(float(c[0]), 1e-3)
+
+        assert redness(pixel(mouth)) > redness(pixel(cheek)) + 0.08, i
+        skin = pixel(cheek)
+        for eye in (eye_l, eye_r):  # sclera, iris or pupil within a pixel of the eye centre, not skin
+            window = image[:, eye[1] - 1 : eye[1] + 2, eye[0] - 1 : eye[0] + 2]
+            assert (window - skin[:, None, None]).abs().max() > 0.1, i

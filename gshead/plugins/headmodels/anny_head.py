@@ -99,6 +99,25 @@ LANDMARKS: tuple[str, ...] = (
 )
 _CHUNK = 16  # Anny evaluations per forward call
 
+# Identity sampling for synthetic data (``AnnyHeadModel.sample_identity``): plausible adults.
+PHENOTYPE_RANGES: dict[str, tuple[float, float]] = {
+    "gender": (-1.0, 1.0),
+    "age": (-0.05, 0.6),
+    "muscle": (-0.6, 0.6),
+    "weight": (-0.6, 0.6),
+    "height": (-0.5, 0.5),
+    "proportions": (-0.5, 0.5),
+}
+"""Uniform ranges of the phenotype coefficients (``c`` is Anny's value ``0.5 + c/2``)."""
+LOCAL_CHANGE_RATE = 0.35
+"""Probability that one local head/face change is applied to a sampled identity."""
+LOCAL_CHANGE_SCALE = 0.6
+"""Largest magnitude of a sampled local change (Anny's local changes run from -1 to 1)."""
+LOCAL_CHANGE_ASYMMETRY = 0.1
+"""Largest left/right difference of a sampled paired (``l-``/``r-``) local change."""
+LOCAL_CHANGES_FIXED: tuple[str, ...] = ("head-angle", "head-trans", "neck", "measure-neck")
+"""Local changes that ``sample_identity`` leaves at 0 (tilts and shifts of the whole head, the neck)."""
+
 
 class AnnyHeadConfig(HeadModelConfig):
     """Anny's head (pip package ``anny``) converted to a linear head model; cached after the first build."""
@@ -481,6 +500,43 @@ class AnnyHeadModel(LinearHeadModel):
         self.conversion = meta
         self.config = config
         self.cache_file = cache_path(config)
+
+    def sample_identity(self, generator: torch.Generator, batch_size: int = 1) -> torch.Tensor:
+        """Random plausible adult identities [batch_size, I] (what ``gshead data synth`` draws).
+
+        Anny's identity columns are not a unit-variance basis: a standard-normal draw over all 284
+        of them gives grotesque heads. Instead each phenotype is drawn uniformly from
+        ``PHENOTYPE_RANGES`` (coefficient ``c`` stands for Anny's value ``0.5 + c/2``), and each
+        local change is active with probability ``LOCAL_CHANGE_RATE``, with a value uniform in
+        +-``LOCAL_CHANGE_SCALE`` put on its own column when positive and on its ``.neg`` column
+        when negative (the only exact use of those columns); left/right pairs get the same value
+        plus a little asymmetry. Local changes in ``LOCAL_CHANGES_FIXED`` (whole-head shifts and
+        tilts, the neck) stay 0. Deterministic for a given generator state.
+        """
+        names = self.identity_names
+        index = {n: i for i, n in enumerate(names)}
+        out = torch.zeros(batch_size, len(names))
+        for b in range(batch_size):
+            for label, (lo, hi) in PHENOTYPE_RANGES.items():
+                u = float(torch.rand(1, generator=generator))
+                if label in index:
+                    out[b, index[label]] = lo + (hi - lo) * u
+            bases = sorted({n.removesuffix(".neg") for n in names if n not in PHENOTYPE_RANGES})
+            drawn: dict[str, float] = {}
+            for base in bases:
+                active, value, asym = torch.rand(3, generator=generator).tolist()
+                mirror = "l-" + base[2:] if base.startswith("r-") else None
+                if mirror is not None and mirror in drawn:  # the right side follows the left one
+                    v = drawn[mirror] + LOCAL_CHANGE_ASYMMETRY * (2 * asym - 1)
+                else:
+                    v = (2 * value - 1) * LOCAL_CHANGE_SCALE if active < LOCAL_CHANGE_RATE else 0.0
+                drawn[base] = v
+                if base.startswith(LOCAL_CHANGES_FIXED) or v == 0.0:
+                    continue
+                column = base if v > 0 else base + ".neg"
+                if column in index:
+                    out[b, index[column]] = abs(v)
+        return out
 
 
 MEDIAPIPE_EMBEDDING = Path(__file__).parent / "data" / "anny_head_mediapipe478.safetensors"

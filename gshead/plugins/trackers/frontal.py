@@ -39,6 +39,9 @@ class FrontalTrackerConfig(TrackerConfig):
     largest detected face; an image with no face is an error)."""
     face_scale: float = Field(2.2, gt=1.0, le=6.0)
     """With crop 'face': side of the crop as a multiple of the detected face box's side."""
+    face_offset: float = Field(-0.1, ge=-1.0, le=1.0)
+    """With crop 'face': vertical shift of the crop's centre from the face box's centre, in face-box
+    sides (positive: down). The crop's centre is where the head model's origin lands."""
 
 
 @functools.cache
@@ -86,7 +89,7 @@ class FrontalTracker(nn.Module):
         others = [f for f in faces[1:] if f[2] >= 0.7 * side and not _overlaps(f, faces[0])]
         if others:
             warnings.warn(f"frontal: {len(others) + 1} faces found; using the largest", stacklevel=2)
-        cx, cy = left + side / 2, top + side / 2 - 0.1 * side  # the head's centre sits above the face box's
+        cx, cy = left + side / 2, top + side / 2 + self.config.face_offset * side
         crop = self.config.face_scale * side
         return CropBox(cx - crop / 2, cy - crop / 2, crop)
 
