@@ -6,7 +6,8 @@
 (the repository's pytest options disable benchmarks by default; without ``--benchmark-enable``
 each benchmark runs once, as a smoke test). One group per scene (full mode: scenes A and B of issue
 #10; quick mode: one small scene): the ``torch-tiles`` reference forward (the baseline), ``cpu``
-forward and ``cpu`` forward+backward, and ``gsplat`` forward when CUDA is available. ``extra_info``
+forward with each compositing kernel (``native``: compiled AVX2, what ``auto`` picks; ``numba``)
+and ``cpu`` forward+backward (the default kernel), and ``gsplat`` forward when CUDA is available. ``extra_info``
 holds fps, the scene size and the speed-up over the reference measured in the same run; the
 speed-up is asserted (full: >= 10x, quick: >= 2x on its small scene); the absolute forward targets
 are recorded (``target_ms``, ``meets_target``), not asserted. Peak memory of scene B (full
@@ -20,6 +21,7 @@ reference; B peak memory forward <= 2 GB, forward+backward <= 6 GB.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from conftest import SETTINGS  # pytest put benchmarks/ on sys.path to load conf
 
 from gshead.benchmarking import SCENES, synchronized
 from gshead.core.types import Gaussians
+from gshead.plugins.renderers import _cpu_native
 from gshead.plugins.renderers.cpu import rasterize_cpu
 from gshead.plugins.renderers.torch_tiles import rasterize_tiles
 
@@ -92,14 +95,17 @@ def test_reference_forward(benchmark, scene):
         benchmark.extra_info["fps"] = round(1.0 / median, 2)
 
 
-def test_cpu_forward(benchmark, scene):
-    _describe(benchmark, scene, "cpu")
+@pytest.mark.parametrize("kernel", ["native", "numba"])
+def test_cpu_forward(benchmark, scene, kernel):
+    """The ``cpu`` forward with each compositing kernel (``native`` is what ``auto`` picks here)."""
+    if kernel == "native" and (why := _cpu_native.unavailable(scene.gaussians.channels)):
+        pytest.skip(why)
+    _describe(benchmark, scene, f"cpu ({kernel})")
     args = (scene.gaussians, scene.camera, scene.background)
+    render = functools.partial(rasterize_cpu, kernel=kernel)
     with torch.no_grad():
-        rasterize_cpu(*args)  # load (or compile) the kernels outside the timing
-        benchmark.pedantic(
-            rasterize_cpu, args=args, rounds=SETTINGS.raster_rounds, iterations=1, warmup_rounds=2
-        )
+        render(*args)  # load (or compile) the kernels outside the timing
+        benchmark.pedantic(render, args=args, rounds=SETTINGS.raster_rounds, iterations=1, warmup_rounds=2)
     speedup = _record_speed(benchmark, scene)
     if speedup is not None:
         floor = SETTINGS.min_speedup_vs_reference

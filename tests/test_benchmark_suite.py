@@ -89,8 +89,9 @@ def test_suite_collects_every_stage_group(mode):
     assert "benchmarks/test_drive.py::test_drive[separated-cpu-cuda]" in groups
     official = "benchmarks/test_reconstruct.py::test_reconstruct[gagavatar-cpu]"
     assert (official in groups) == (mode == "full")
-    scenes = {n.split("[")[1].rstrip("]") for n in groups if "test_cpu_forward[" in n}
-    assert scenes == set(bench_settings(mode).scenes)
+    ids = {n.split("[")[1].rstrip("]") for n in groups if "test_cpu_forward[" in n}
+    want = set(bench_settings(mode).scenes)
+    assert ids == {f"{scene}-{kernel}" for scene in want for kernel in ("native", "numba")}
 
 
 def test_head_scene_counts_and_layout():

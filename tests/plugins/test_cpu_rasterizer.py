@@ -1,4 +1,7 @@
-"""The numba ``cpu`` rasterizer against the pure-torch reference (``torch-tiles``).
+"""The ``cpu`` rasterizer against the pure-torch reference (``torch-tiles``).
+
+Tests taking the ``kernel`` fixture run once per forward compositing kernel: the compiled AVX2
+one (``native``, skipped when it is not built here; ``.ci/run`` checks that it is) and numba's.
 
 Forward images, alpha and depth must match ``rasterize_tiles`` to 1e-4; gradients must match
 the reference's autograd. Images are 40 x 36 so that the right and bottom tiles are partial.
@@ -7,6 +10,7 @@ The first test in a fresh checkout compiles the numba kernels (~20 s, cached on 
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -21,11 +25,20 @@ from gshead.core.components import BuildContext
 from gshead.core.errors import GsheadError, ShapeError
 from gshead.core.registry import Registry
 from gshead.core.types import Camera, Gaussians
+from gshead.plugins.renderers import _cpu_native
 from gshead.plugins.renderers.cpu import CpuRasterizer, CpuRasterizerConfig, rasterize_cpu
 from gshead.plugins.renderers.torch_tiles import rasterize_tiles
 
 W, H = 40, 36
 ATOL = 1e-4
+
+
+@pytest.fixture(params=["native", "numba"])
+def render(request):
+    """``rasterize_cpu`` with one forward kernel (``native`` skips when the library is not built)."""
+    if request.param == "native" and (why := _cpu_native.unavailable()):
+        pytest.skip(why)
+    return functools.partial(rasterize_cpu, kernel=request.param)
 
 
 def random_scene(n: int, channels: int, seed: int = 0, batch: int = 1, scale: float = 0.06):
@@ -58,10 +71,10 @@ def assert_renders_match(got, want, atol=ATOL):
 
 # -- forward ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("channels", [1, 3, 32])
-def test_forward_matches_reference_random(channels):
+def test_forward_matches_reference_random(channels, render):
     gaussians, camera = random_scene(400, channels, seed=channels)
     background = torch.rand(channels, generator=torch.Generator().manual_seed(7))
-    got = rasterize_cpu(gaussians, camera, background)
+    got = render(gaussians, camera, background)
     want = rasterize_tiles(gaussians, camera, background)
     assert_renders_match(got, want)
     assert got.features.shape == (1, channels, H, W)
@@ -69,16 +82,16 @@ def test_forward_matches_reference_random(channels):
 
 
 @pytest.mark.parametrize("channels", [3, 32])
-def test_forward_matches_reference_head(channels):
+def test_forward_matches_reference_head(channels, render):
     gaussians, _, background = head_scene(3000, 64, channels, seed=1)
     camera = Camera.frontal(0.6, 30.0, 64, 56)  # not a multiple of the tile size
-    got = rasterize_cpu(gaussians, camera, background)
+    got = render(gaussians, camera, background)
     want = rasterize_tiles(gaussians, camera, background)
     assert_renders_match(got, want)
     assert got.alpha.max().item() > 0.99  # the head is opaque in the middle
 
 
-def test_forward_batch_of_two_cameras():
+def test_forward_batch_of_two_cameras(render):
     gaussians, camera = random_scene(300, 4, seed=3, batch=2)
     camera = Camera(
         torch.cat([camera.world_to_camera[:1], turned(camera, 25.0).world_to_camera[1:]]),
@@ -87,13 +100,13 @@ def test_forward_batch_of_two_cameras():
         H,
     )
     background = torch.tensor([0.1, 0.5, 0.9, 0.3])
-    got = rasterize_cpu(gaussians, camera, background)
+    got = render(gaussians, camera, background)
     assert_renders_match(got, rasterize_tiles(gaussians, camera, background))
     # each camera alone gives the same image as its row of the batch
     for b in range(2):
         one = Gaussians(*(t[b : b + 1] for t in gaussians.tensors().values()))
         view = Camera(camera.world_to_camera[b : b + 1], camera.intrinsics[b : b + 1], W, H)
-        alone = rasterize_cpu(one, view, background)
+        alone = render(one, view, background)
         assert torch.equal(alone.features[0], got.features[b])
     assert not torch.allclose(got.features[0], got.features[1])  # the two views differ
 
@@ -111,7 +124,7 @@ def test_forward_broadcasts_one_scene_to_many_cameras():
     assert_renders_match(got, rasterize_tiles(gaussians, cameras))
 
 
-def test_early_termination():
+def test_early_termination(render):
     """A stack of opaque layers: most pixels stop at T <= 1e-4 before reaching the back layers."""
     n_layers, per_layer = 12, 60
     g = torch.Generator().manual_seed(5)
@@ -126,7 +139,7 @@ def test_early_termination():
         features=torch.rand(1, n, 3, generator=g),
     )
     camera = Camera.frontal(2.5, 30.0, W, H)
-    got = rasterize_cpu(gaussians, camera)
+    got = render(gaussians, camera)
     assert_renders_match(got, rasterize_tiles(gaussians, camera))
     stopped = (1.0 - got.alpha) <= 1e-3  # pixels whose next Gaussian would have crossed T_MIN
     assert stopped.float().mean() > 0.5
@@ -194,7 +207,7 @@ def _grads(fn, gaussians, camera, background, seed=11):
 
 
 @pytest.mark.parametrize("scene", ["random", "opaque"])
-def test_gradients_match_reference_autograd(scene):
+def test_gradients_match_reference_autograd(scene, render):
     gaussians, camera = random_scene(80, 3, seed=12, batch=2)
     if scene == "opaque":  # many alphas clamped at 0.999 and early stops
         gaussians = gaussians.replace(opacities=torch.full_like(gaussians.opacities, 1.0))
@@ -205,7 +218,7 @@ def test_gradients_match_reference_autograd(scene):
         H,
     )
     background = torch.tensor([0.2, 0.4, 0.6])
-    got = _grads(rasterize_cpu, gaussians, camera, background)
+    got = _grads(render, gaussians, camera, background)
     want = _grads(rasterize_tiles, gaussians, camera, background)
     for name, ref in want.items():
         scale = ref.abs().max().item()
@@ -220,37 +233,96 @@ def test_gradient_flows_to_every_visible_gaussian():
     assert (features.grad.abs().sum(-1) > 0).float().mean() > 0.5
 
 
+
+# -- the two forward kernels ---------------------------------------------------------------------------
+def _binned(gaussians, camera):
+    """The numba binning of a [1, N] scene: the arguments both compositing kernels take."""
+    from gshead.plugins.renderers import _cpu_kernels as K
+    from gshead.plugins.renderers.cpu import _numpy, _project_no_grad
+
+    proj = _project_no_grad(gaussians, camera, 0.01)
+    tables = K.prepare(
+        _numpy(proj.means2d[0]), _numpy(proj.conics[0]), _numpy(gaussians.opacities[0]),
+        _numpy(proj.depths[0]), _numpy(proj.valid[0]), camera.width, camera.height,
+    )  # fmt: skip
+    return tables
+
+
+@pytest.mark.parametrize(("channels", "width", "height", "threads"), [(1, 70, 45, 1), (5, 64, 64, 2), (64, 33, 50, 3)])
+def test_native_and_numba_kernels_agree(channels, width, height, threads):
+    """Same outputs, including the per-pixel count of pairs up to the last blended one, which the
+    shared numba backward relies on (partial tiles, channel counts not a multiple of 8)."""
+    if why := _cpu_native.unavailable(channels):
+        pytest.skip(why)
+    from gshead.plugins.renderers import _cpu_kernels as K
+
+    gaussians, _, background = head_scene(4000, 64, channels, seed=channels)
+    camera = Camera.frontal(0.6, 30.0, width, height)
+    tile_start, ids, params, pbox = _binned(gaussians, camera)
+    inputs = (params, pbox, gaussians.features[0].numpy(), background.numpy(), tile_start, ids, width, height, threads)
+    outputs = {}
+    for name, kernel in (("numba", K.composite), ("native", _cpu_native.composite)):
+        planes = (
+            np.full((channels, height, width), np.nan, np.float32),
+            *(np.full((height, width), np.nan, np.float32) for _ in range(2)),
+            np.full((height, width), -1, np.int32),
+            np.full((height, width), np.nan, np.float32),
+        )
+        kernel(*inputs, *planes)
+        outputs[name] = planes
+    for got, want in zip(outputs["native"], outputs["numba"]):
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(outputs["native"][3], outputs["numba"][3])
+    assert outputs["native"][1].max() > 0.99  # the scene really covers pixels
+
+
+def test_native_kernel_refuses_what_it_cannot_do(monkeypatch):
+    gaussians, camera = random_scene(50, 65, seed=18)
+    if _cpu_native.unavailable() is None:  # built: 65 channels are over its limit, auto falls back to numba
+        assert_renders_match(rasterize_cpu(gaussians, camera), rasterize_tiles(gaussians, camera))
+        with pytest.raises(GsheadError, match="at most 64 channels") as info:
+            rasterize_cpu(gaussians, camera, kernel="native")
+        assert "\n" not in str(info.value)
+    monkeypatch.setattr(_cpu_native, "unavailable", lambda channels=1: "the compiled kernel was not built")
+    small = gaussians.replace(features=gaussians.features[..., :3])
+    with pytest.raises(GsheadError, match="kernel 'native' cannot run: the compiled kernel was not built"):
+        rasterize_cpu(small, camera, kernel="native")
+    assert_renders_match(rasterize_cpu(small, camera), rasterize_tiles(small, camera))  # auto: numba
+    with pytest.raises(GsheadError, match="unknown kernel 'fast'"):
+        rasterize_cpu(small, camera, kernel="fast")
+
 # -- degenerate inputs --------------------------------------------------------------------------------
-def test_zero_gaussians_render_the_background():
+def test_zero_gaussians_render_the_background(render):
     gaussians, camera = random_scene(0, 3)
     background = torch.tensor([0.1, 0.2, 0.3])
-    got = rasterize_cpu(gaussians, camera, background)
+    got = render(gaussians, camera, background)
     assert torch.equal(got.features[0], background[:, None, None].expand(3, H, W))
     assert torch.count_nonzero(got.alpha) == 0 and torch.count_nonzero(got.depth) == 0
 
 
-def test_all_behind_the_camera():
+def test_all_behind_the_camera(render):
     gaussians, camera = random_scene(100, 3, seed=14)
     behind = gaussians.replace(means=gaussians.means + torch.tensor([0.0, 0.0, 10.0]))  # camera at z=2.5
     means = behind.means.clone().requires_grad_(True)
-    got = rasterize_cpu(behind.replace(means=means), camera)
+    got = render(behind.replace(means=means), camera)
     assert torch.count_nonzero(got.alpha) == 0
     got.features.sum().backward()
     assert torch.count_nonzero(means.grad) == 0
 
 
-def test_huge_scales_cover_the_image():
+def test_huge_scales_cover_the_image(render):
     gaussians, camera = random_scene(20, 3, seed=15)
     big = gaussians.replace(scales=torch.full_like(gaussians.scales, 50.0))
-    got = rasterize_cpu(big, camera)
+    got = render(big, camera)
     assert_renders_match(got, rasterize_tiles(big, camera))
     assert got.alpha.min().item() > 0.5
 
 
-def test_zero_scales_still_draw_a_low_pass_dot():
+def test_zero_scales_still_draw_a_low_pass_dot(render):
     gaussians, camera = random_scene(100, 3, seed=16)
     dots = gaussians.replace(scales=torch.zeros_like(gaussians.scales))
-    got = rasterize_cpu(dots, camera)
+    got = render(dots, camera)
     assert_renders_match(got, rasterize_tiles(dots, camera))
     assert 0 < got.alpha.mean().item() < 0.5
 

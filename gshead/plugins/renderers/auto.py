@@ -1,4 +1,4 @@
-"""``auto``: gsplat when the Gaussians are on a CUDA device, the numba ``cpu`` rasterizer otherwise.
+"""``auto``: gsplat when the Gaussians are on a CUDA device, the ``cpu`` rasterizer otherwise.
 
 Chosen per call from where the Gaussians live, so one pipeline config runs on a laptop and on
 a GPU box. Both paths have the same semantics (gsplat's), so images agree up to float rounding.
@@ -19,7 +19,7 @@ __all__ = ["AutoRasterizer", "AutoRasterizerConfig"]
 
 
 class AutoRasterizerConfig(CpuRasterizerConfig):
-    """gsplat for CUDA Gaussians, cpu (numba) otherwise."""
+    """gsplat for CUDA Gaussians, cpu otherwise."""
 
     name: Literal["auto"] = "auto"  # type: ignore[assignment]
 

@@ -1,4 +1,4 @@
-"""``cpu``: the fast CPU rasterizer (numba tile compositing, differentiable).
+"""``cpu``: the fast CPU rasterizer (compiled tile compositing, differentiable).
 
 Same semantics as the ``torch-tiles`` reference (gsplat's; see ``torch_tiles.py``), 10x+ faster.
 Split of the work:
@@ -6,24 +6,34 @@ Split of the work:
 - projection: when a gradient is needed, ``projection.project_gaussians`` in torch (autograd
   gives its backward w.r.t. means, quats, scales and the camera); otherwise (inference, the
   per-frame path) the same formulas as one fused numba loop, ~5x faster than the torch ops;
-- binning, depth sort (stable radix sort), front-to-back compositing and the compositing
-  backward: numba kernels (``_cpu_kernels.py``, 16 x 16 tiles), wrapped in one
+- binning and depth sort (stable radix sort): numba (``_cpu_kernels.prepare``, 16 x 16 tiles);
+- front-to-back compositing: the compiled AVX2 kernel (``_composite_avx2.c`` via
+  ``_cpu_native.py``) where the install built it and the CPU has AVX2/FMA, else numba's
+  ``composite`` (config ``kernel``: ``auto``, ``native``, ``numba``); both write the same outputs;
+- the compositing backward: numba (``composite_backward``); all of it wrapped in one
   ``torch.autograd.Function`` whose backward returns gradients w.r.t. means2d, conics,
   opacities, features, depths and the background.
 
-Why numba rather than a C++ torch extension: no compiler or build step on the user's machine
-(pip wheels only), code generated for the CPU it runs on, machine code cached on disk
-(``cache=True``: well under a second to load in a new process, ~20-40 s to compile the first
-time on this 2-core machine). Hand-written C++ with intrinsics could be ~2x faster; not worth a
-build system. numba is imported on the first render, so importing this module compiles nothing.
+Why numba, plus one small C file: numba needs no compiler or build step on the user's machine,
+generates code for the CPU it runs on and caches it on disk (``cache=True``: well under a second
+to load in a new process, ~20-40 s to compile the first time on this 2-core machine). It could
+not make the forward compositing fast enough: LLVM vectorises only long loops (so numba must
+blend whole 16-pixel rows, most of them outside a Gaussian's box) and every branch on a blend
+result waits for the exp chain. The C kernel works on 8-pixel half rows, one AVX2 register each,
+skips half rows that have stopped, and adds features only where a pair blended. On this 2-core
+machine it composites about 2x faster; the whole forward is 1.4x faster (scene A 27-33 ms
+instead of 39-46, scene B 102-110 ms instead of 147-163; ``benchmarks/test_rasterize.py`` times
+both). It is a plain C11 file with
+no Python API, built by ``setup.py`` as an optional extension (an install without a compiler
+still works, with the numba kernel); its numba twin stays as the fallback and as the oracle in
+the tests.
 
-Who owns the cores: the numba kernels, with ``numba.get_num_threads()`` threads (all cores by
-default; ``NUMBA_NUM_THREADS`` changes it). Torch runs only the cheap steps around them (finite
+Who owns the cores: the kernels, with ``numba.get_num_threads()`` threads (all cores by
+default; ``NUMBA_NUM_THREADS`` changes it); the C kernel uses the same count, as POSIX threads
+that take tiles from a shared counter. Torch runs only the cheap steps around them (finite
 check, gradient projection, the final dtype casts), never at the same time. Nothing here calls
 BLAS; an application that does should set ``OPENBLAS_NUM_THREADS=1`` so that OpenBLAS's
-spinning threads stay off numba's cores. The serial kernel steps (binning, sort) are left
-serial on purpose: on 2 cores, waking a second thread for a few ms of work costs more than it
-saves whenever anything else is running.
+spinning threads stay off the kernels' cores.
 
 Memory per camera: the output planes, per-tile pair lists (4 bytes per Gaussian-tile pair), a
 [N, 8] table of per-Gaussian constants, two [H, W] planes kept for the backward (last blended
@@ -48,7 +58,9 @@ from gshead.core.types import Camera, Gaussians, Render
 from gshead.plugins.renderers.projection import Projected, check_finite, project_gaussians
 from gshead.plugins.renderers.torch_tiles import EPS2D, _broadcast
 
-__all__ = ["CpuRasterizer", "CpuRasterizerConfig", "rasterize_cpu"]
+__all__ = ["CpuRasterizer", "CpuRasterizerConfig", "Kernel", "rasterize_cpu"]
+
+Kernel = Literal["auto", "native", "numba"]
 
 
 def rasterize_cpu(
@@ -56,8 +68,12 @@ def rasterize_cpu(
     camera: Camera,  # [B] (or [1], broadcast to the Gaussians)
     background: Tensor | None = None,  # [C] or None (zeros)
     near: float = 0.01,
+    kernel: Kernel = "auto",
 ) -> Render:
     """Render ``gaussians`` through ``camera`` on the CPU (semantics of ``rasterize_tiles``).
+
+    ``kernel`` picks the forward compositing kernel: ``"native"`` (the compiled AVX2 one),
+    ``"numba"``, or ``"auto"`` (native where it is built and the CPU has AVX2/FMA, else numba).
 
     Returns ``Render`` with features [B, C, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] in
     the Gaussians' dtype (computed in float32). Differentiable w.r.t. means, quats, scales,
@@ -79,6 +95,7 @@ def rasterize_cpu(
     elif background.shape != (channels,):
         raise ShapeError(f"background: expected shape [{channels}], got {list(background.shape)}")
     _check_finite(gaussians, camera, background)
+    use_native = _use_native(kernel, channels)
 
     f32 = torch.float32
     inputs = [*gaussians.tensors().values(), camera.world_to_camera, camera.intrinsics]
@@ -106,8 +123,24 @@ def rasterize_cpu(
         proj.valid,
         camera.width,
         camera.height,
+        use_native,
     )
     return Render(features=image.to(dtype), alpha=alpha.to(dtype), depth=depth.to(dtype))
+
+
+def _use_native(kernel: Kernel, channels: int) -> bool:
+    """Whether to composite with the compiled kernel; ``GsheadError`` when ``native`` is asked
+    for and cannot run here."""
+    if kernel == "numba":
+        return False
+    if kernel not in ("auto", "native"):
+        raise GsheadError(f"cpu rasterizer: unknown kernel {kernel!r}; expected 'auto', 'native' or 'numba'")
+    from gshead.plugins.renderers import _cpu_native
+
+    why = _cpu_native.unavailable(channels)
+    if why is not None and kernel == "native":
+        raise GsheadError(f"cpu rasterizer: kernel 'native' cannot run: {why}; use kernel 'auto' or 'numba'")
+    return why is None
 
 
 def _project_no_grad(gaussians: Gaussians, camera: Camera, near: float) -> Projected:
@@ -171,8 +204,14 @@ class _Composite(torch.autograd.Function):
         valid: Tensor,  # [B, N] bool
         width: int,
         height: int,
+        native: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:  # [B, C, H, W], [B, 1, H, W], [B, 1, H, W]
         from gshead.plugins.renderers import _cpu_kernels as K
+
+        if native:
+            from gshead.plugins.renderers._cpu_native import composite
+        else:
+            composite = K.composite
 
         batch, _, channels = features.shape
         image = torch.empty(batch, channels, height, width, dtype=torch.float32)
@@ -189,7 +228,7 @@ class _Composite(torch.autograd.Function):
             )  # fmt: skip
             binned = (params, pbox, _numpy(features[b]), bg, tile_start, ids, width, height, _threads())
             outputs = (image[b], alpha[b, 0], depth[b, 0], last[b], trans[b])
-            K.composite(*binned, *(t.numpy() for t in outputs))
+            composite(*binned, *(t.numpy() for t in outputs))
             saved.append(binned)
         ctx.binned = saved
         ctx.save_for_backward(last, trans)
@@ -220,7 +259,7 @@ class _Composite(torch.autograd.Function):
         g_bg = None
         if ctx.needs_input_grad[5] and grad_image is not None:
             g_bg = (grad_image * trans[:, None]).sum(dim=(0, 2, 3))  # [C]
-        return g_means2d, g_conics, g_opac, g_feat, g_depths, g_bg, None, None, None
+        return g_means2d, g_conics, g_opac, g_feat, g_depths, g_bg, None, None, None, None
 
 
 def _grad_plane(grad: Tensor | None, b: int, shape: tuple[int, ...]):
@@ -231,11 +270,16 @@ def _grad_plane(grad: Tensor | None, b: int, shape: tuple[int, ...]):
 
 
 class CpuRasterizerConfig(RasterizerConfig):
-    """Fast CPU rasterizer (numba), differentiable, any channel count; same images as torch-tiles."""
+    """Fast CPU rasterizer (compiled AVX2 compositing, numba elsewhere), differentiable, any channel count;
+    same images as torch-tiles."""
 
     name: Literal["cpu"] = "cpu"
     near_plane: float = Field(0.01, gt=0.0)
     """Gaussians whose camera-space z is at or below this (model units) are not drawn."""
+    kernel: Kernel = "auto"
+    """Forward compositing kernel: 'native' (compiled AVX2, built by the install; the forward is ~1.4x faster),
+    'numba', or 'auto' (native where built and supported by the CPU, else numba). The backward
+    is numba's either way."""
 
 
 class CpuRasterizer(torch.nn.Module):
@@ -251,7 +295,7 @@ class CpuRasterizer(torch.nn.Module):
         camera: Camera,  # [B]
         background: Tensor | None = None,  # [C] or None (zeros)
     ) -> Render:
-        return rasterize_cpu(gaussians, camera, background, near=self.config.near_plane)
+        return rasterize_cpu(gaussians, camera, background, near=self.config.near_plane, kernel=self.config.kernel)
 
 
 @hookimpl
