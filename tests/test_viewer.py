@@ -133,17 +133,23 @@ def test_browser_screenshot_changes_when_a_slider_moves(loaded, tmp_path):
             slider.focus()
             for _ in range(60):  # 60 steps of 0.5 degrees
                 page.keyboard.press("ArrowRight")
-            page.wait_for_timeout(3000)
-            shot2 = page.screenshot(clip=scene)
+            a = _pixels(shot1)
+            for _ in range(15):  # the update reaches the browser after a re-render: poll up to ~15 s
+                page.wait_for_timeout(1000)
+                b = _pixels(page.screenshot(clip=scene))
+                if np.abs(a - b).mean() > 3.0:
+                    break
             browser.close()
     finally:
         viewer.close()
     assert math.isclose(viewer.controls.yaw, 30.0)
+    assert a.std() > 5.0, "the first screenshot shows no avatar"
+    assert np.abs(a - b).mean() > 3.0, "the 3D view did not change when the yaw slider moved"
+
+
+def _pixels(png: bytes) -> np.ndarray:
     from io import BytesIO
 
     from PIL import Image
 
-    a = np.asarray(Image.open(BytesIO(shot1)).convert("RGB")).astype(float)
-    b = np.asarray(Image.open(BytesIO(shot2)).convert("RGB")).astype(float)
-    assert a.std() > 5.0, "the first screenshot shows no avatar"
-    assert np.abs(a - b).mean() > 3.0, "the 3D view did not change when the yaw slider moved"
+    return np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(float)
