@@ -253,8 +253,9 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
-/* Composite every tile; returns 0, -1 (out of memory), -2 (bad arguments) or -3 (a thread
- * could not be started). Arguments as ``composite`` in ``_cpu_kernels.py``. */
+/* Composite every tile; returns 0, -1 (out of memory) or -2 (bad arguments). Arguments as
+ * ``composite`` in ``_cpu_kernels.py``. A thread that cannot be started is not an error: the
+ * others take its tiles. */
 int gshead_composite(const float *params, const int32_t *pbox, const float *features, int64_t nch,
                      const float *background, const int64_t *tile_start, const int32_t *ids,
                      int64_t width, int64_t height, int64_t nthreads, float *out_image, float *out_alpha,
@@ -275,12 +276,8 @@ int gshead_composite(const float *params, const int32_t *pbox, const float *feat
         started[i] = 0;
     }
     int status = 0;
-    for (int64_t i = 1; i < n; i++) {
-        if (pthread_create(&threads[i], NULL, thread_main, &jobs[i]) == 0)
-            started[i] = 1;
-        else
-            run_worker(&jobs[i]); /* no thread: do that chunk here */
-    }
+    for (int64_t i = 1; i < n; i++) /* a thread that fails to start leaves its tiles to the others */
+        started[i] = pthread_create(&threads[i], NULL, thread_main, &jobs[i]) == 0;
     run_worker(&jobs[0]);
     for (int64_t i = 1; i < n; i++)
         if (started[i]) pthread_join(threads[i], NULL);

@@ -18,7 +18,7 @@ import numpy as np
 from gshead.core.errors import GsheadError
 
 _MODULE = "gshead.plugins.renderers._composite_avx2"
-_ERRORS = {-1: "out of memory for the per-thread scratch", -2: "bad arguments", -3: "no thread could start"}
+_ERRORS = {-1: "out of memory for the per-thread scratch", -2: "bad arguments"}
 
 
 @cache
