@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gshead.core.components import BuildContext
 from gshead.core.config import DriverConfig
-from gshead.core.geometry import posed_points, posed_rotations
+from gshead.core.geometry import posed_frames
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Avatar, Camera, FeatureMaps, Gaussians, HeadParams, MeshBinding, Rig
 
@@ -97,8 +97,7 @@ class MeshBoundDriver(nn.Module):
         verts = hm(source).vertices  # [1, V, 3]
         face_index, bary = self._anchors(faces.shape[0])
         binding = MeshBinding(face_index, bary, torch.zeros(face_index.shape[0], 3))
-        means = posed_points(binding, verts, faces)  # [1, M, 3]
-        rot = posed_rotations(binding, verts, faces)  # [1, M, 3, 3]
+        means, rot = posed_frames(binding, verts, faces)  # [1, M, 3], [1, M, 3, 3]
 
         tri = verts[0][faces]  # [F, 3, 3]
         edges = (tri - tri.roll(1, dims=1)).norm(dim=-1).mean(-1)  # [F]
@@ -124,9 +123,8 @@ class MeshBoundDriver(nn.Module):
         hm = self.head_model
         rig = avatar.rig
         verts = hm(params).vertices  # [B, V, 3]
-        means = posed_points(rig.binding, verts, hm.faces)
-        quats = rotmat_to_wxyz(posed_rotations(rig.binding, verts, hm.faces))
-        return rig.dynamic.moved(means, quats)
+        means, rot = posed_frames(rig.binding, verts, hm.faces)  # one pass for points and frames
+        return rig.dynamic.moved(means, rotmat_to_wxyz(rot))
 
 
 @hookimpl
