@@ -1,7 +1,8 @@
 """The ``cpu`` rasterizer against the pure-torch reference (``torch-tiles``).
 
-Tests taking the ``kernel`` fixture run once per forward compositing kernel: the compiled AVX2
-one (``native``, skipped when it is not built here; ``.ci/run`` checks that it is) and numba's.
+Tests taking the ``render`` fixture run once per pair of compositing kernels (forward and
+backward): the compiled AVX2 ones (``native``, skipped when not built here; ``.ci/run`` checks
+that they are) and numba's.
 
 Forward images, alpha and depth must match ``rasterize_tiles`` to 1e-4; gradients must match
 the reference's autograd. Images are 40 x 36 so that the right and bottom tiles are partial.
@@ -35,7 +36,7 @@ ATOL = 1e-4
 
 @pytest.fixture(params=["native", "numba"])
 def render(request):
-    """``rasterize_cpu`` with one forward kernel (``native`` skips when the library is not built)."""
+    """``rasterize_cpu`` with one pair of kernels (``native`` skips when the library is not built)."""
     if request.param == "native" and (why := _cpu_native.unavailable()):
         pytest.skip(why)
     return functools.partial(rasterize_cpu, kernel=request.param)
@@ -275,6 +276,22 @@ def test_native_and_numba_kernels_agree(channels, width, height, threads):
         np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
     np.testing.assert_array_equal(outputs["native"][3], outputs["numba"][3])
     assert outputs["native"][1].max() > 0.99  # the scene really covers pixels
+
+
+@pytest.mark.parametrize(("channels", "width", "height"), [(1, 70, 45), (5, 64, 64), (64, 33, 50)])
+def test_native_and_numba_backwards_agree(channels, width, height):
+    """Gradients through the compiled forward + backward match the numba pair's on a dense head
+    scene (partial tiles, channel counts not a multiple of 8), up to float summation order."""
+    if why := _cpu_native.unavailable(channels):
+        pytest.skip(why)
+    gaussians, _, background = head_scene(4000, 64, channels, seed=channels + 1)
+    camera = Camera.frontal(0.6, 30.0, width, height)
+    grads = {kernel: _grads(functools.partial(rasterize_cpu, kernel=kernel), gaussians, camera, background)
+             for kernel in ("native", "numba")}  # fmt: skip
+    for name, want in grads["numba"].items():
+        scale = want.abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(grads["native"][name], want, rtol=1e-3, atol=1e-4 * scale, msg=name)
 
 
 def test_native_kernel_refuses_what_it_cannot_do(monkeypatch):

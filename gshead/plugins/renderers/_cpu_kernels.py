@@ -1,7 +1,8 @@
 """Numba kernels of the ``cpu`` rasterizer: projection, binning, sort, compositing, backward.
 
-The forward ``composite`` here is the fallback and the tests' oracle for the compiled AVX2 kernel
-(``_composite_avx2.c``), which takes the same arguments and writes the same outputs.
+``composite`` and ``composite_backward`` here are the fallback and the tests' oracle for the
+compiled AVX2 kernels (``_composite_avx2.c``), which take the same arguments and write the same
+outputs.
 
 Imported only from inside ``gshead.plugins.renderers.cpu`` functions, never at package import:
 importing this module loads numba and (from the on-disk cache, ``cache=True``) the compiled

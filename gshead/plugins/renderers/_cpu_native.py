@@ -2,8 +2,8 @@
 
 The package's install builds it (``setup.py``, optional: an install without a C compiler still
 succeeds). ``unavailable()`` says why it cannot run here (not built, no AVX2/FMA, too many
-channels), else None; ``composite`` has the signature of the numba ``composite`` in
-``_cpu_kernels.py`` and the same outputs. Nothing is loaded at import: the library is opened on
+channels), else None; ``composite`` and ``composite_backward`` have the signatures of their
+numba twins in ``_cpu_kernels.py`` and the same outputs. Nothing is loaded at import: the library is opened on
 the first call.
 """
 
@@ -40,6 +40,10 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     i64 = ctypes.c_int64
     lib.gshead_composite.restype = ctypes.c_int
     lib.gshead_composite.argtypes = [ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
+    lib.gshead_composite_backward.restype = ctypes.c_int
+    lib.gshead_composite_backward.argtypes = [
+        ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
+    ]  # fmt: skip
     return lib, None
 
 
@@ -64,14 +68,24 @@ def _ptr(array: np.ndarray, dtype) -> int:
     return array.ctypes.data
 
 
+def _check(status: int) -> None:
+    if status != 0:
+        raise GsheadError(f"cpu rasterizer: compiled kernel failed: {_ERRORS.get(status, status)}")
+
+
+def _loaded() -> ctypes.CDLL:
+    lib, why = _library()
+    if lib is None:
+        raise GsheadError(f"cpu rasterizer: {why}")
+    return lib
+
+
 def composite(
     params, pbox, features, background, tile_start, ids, width, height, nthreads,
     out_image, out_alpha, out_depth, out_last, out_trans,
 ):  # fmt: skip
     """``_cpu_kernels.composite``, computed by the compiled kernel (call ``unavailable`` first)."""
-    lib, why = _library()
-    if lib is None:
-        raise GsheadError(f"cpu rasterizer: {why}")
+    lib = _loaded()
     f32, i32 = np.float32, np.int32
     if ids.size == 0:  # ctypes wants an address even for an empty array
         ids = np.zeros(1, i32)
@@ -81,5 +95,27 @@ def composite(
         _ptr(out_image, f32), _ptr(out_alpha, f32), _ptr(out_depth, f32), _ptr(out_last, i32),
         _ptr(out_trans, f32),
     )  # fmt: skip
-    if status != 0:
-        raise GsheadError(f"cpu rasterizer: compiled kernel failed: {_ERRORS.get(status, status)}")
+    _check(status)
+
+
+def composite_backward(
+    params, pbox, features, background, tile_start, ids, width, height, nthreads,
+    last_in, trans_in, grad_image, grad_alpha, grad_depth,
+):  # fmt: skip
+    """``_cpu_kernels.composite_backward`` by the compiled kernel: returns ``[N, 7 + C]`` float32.
+    Its alphas are bit-identical to the compiled forward's, so the two make the same skip and
+    stop decisions (use it after ``composite`` from this module)."""
+    lib = _loaded()
+    f32, i32 = np.float32, np.int32
+    n, nch = features.shape
+    grads = np.zeros((n, 7 + nch), f32)
+    if ids.size == 0:
+        ids = np.zeros(1, i32)
+    status = lib.gshead_composite_backward(
+        _ptr(params, f32), _ptr(pbox, i32), _ptr(features, f32), nch, _ptr(background, f32),
+        _ptr(tile_start, np.int64), _ptr(ids, i32), n, width, height, nthreads, _ptr(last_in, i32),
+        _ptr(trans_in, f32), _ptr(grad_image, f32), _ptr(grad_alpha, f32), _ptr(grad_depth, f32),
+        _ptr(grads, f32),
+    )  # fmt: skip
+    _check(status)
+    return grads

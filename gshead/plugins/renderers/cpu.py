@@ -7,12 +7,13 @@ Split of the work:
   gives its backward w.r.t. means, quats, scales and the camera); otherwise (inference, the
   per-frame path) the same formulas as one fused numba loop, ~5x faster than the torch ops;
 - binning and depth sort (stable radix sort): numba (``_cpu_kernels.prepare``, 16 x 16 tiles);
-- front-to-back compositing: the compiled AVX2 kernel (``_composite_avx2.c`` via
-  ``_cpu_native.py``) where the install built it and the CPU has AVX2/FMA, else numba's
-  ``composite`` (config ``kernel``: ``auto``, ``native``, ``numba``); both write the same outputs;
-- the compositing backward: numba (``composite_backward``); all of it wrapped in one
-  ``torch.autograd.Function`` whose backward returns gradients w.r.t. means2d, conics,
-  opacities, features, depths and the background.
+- front-to-back compositing and its backward: the compiled AVX2 kernels (``_composite_avx2.c``
+  via ``_cpu_native.py``) where the install built them and the CPU has AVX2/FMA, else numba's
+  ``composite`` and ``composite_backward`` (config ``kernel``: ``auto``, ``native``, ``numba``);
+  both pairs write the same outputs, and a backward always runs with the forward of its own
+  pair (the two compute bit-identical alphas, so they make the same skip and stop decisions);
+  all of it wrapped in one ``torch.autograd.Function`` whose backward returns gradients w.r.t.
+  means2d, conics, opacities, features, depths and the background.
 
 Why numba, plus one small C file: numba needs no compiler or build step on the user's machine,
 generates code for the CPU it runs on and caches it on disk (``cache=True``: well under a second
@@ -21,12 +22,12 @@ not make the forward compositing fast enough: LLVM vectorises only long loops (s
 blend whole 16-pixel rows, most of them outside a Gaussian's box) and every branch on a blend
 result waits for the exp chain. The C kernel works on 8-pixel half rows, one AVX2 register each,
 skips half rows that have stopped, and adds features only where a pair blended. On this 2-core
-machine it composites about 2x faster; the whole forward is 1.4x faster (scene A 27-33 ms
-instead of 39-46, scene B 102-110 ms instead of 147-163; ``benchmarks/test_rasterize.py`` times
-both). It is a plain C11 file with
-no Python API, built by ``setup.py`` as an optional extension (an install without a compiler
-still works, with the numba kernel); its numba twin stays as the fallback and as the oracle in
-the tests.
+machine it composites about 2x faster; the whole forward is 1.4x faster (scene A 26-33 ms
+instead of 37-46, scene B 102-111 ms instead of 145-163; ``benchmarks/test_rasterize.py`` times
+both), forward+backward about 1.4x (A 98-102 ms instead of 136-178). It is a plain C11 file
+with no Python API, built by ``setup.py`` as an optional extension (an install without a
+compiler still works, with the numba kernels); the numba twins stay as the fallback and as the
+oracle in the tests.
 
 Who owns the cores: the kernels, with ``numba.get_num_threads()`` threads (all cores by
 default; ``NUMBA_NUM_THREADS`` changes it); the C kernel uses the same count, as POSIX threads
@@ -72,8 +73,8 @@ def rasterize_cpu(
 ) -> Render:
     """Render ``gaussians`` through ``camera`` on the CPU (semantics of ``rasterize_tiles``).
 
-    ``kernel`` picks the forward compositing kernel: ``"native"`` (the compiled AVX2 one),
-    ``"numba"``, or ``"auto"`` (native where it is built and the CPU has AVX2/FMA, else numba).
+    ``kernel`` picks the compositing kernels (forward and backward): ``"native"`` (the compiled
+    AVX2 ones), ``"numba"``, or ``"auto"`` (native where built and the CPU has AVX2/FMA, else numba).
 
     Returns ``Render`` with features [B, C, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] in
     the Gaussians' dtype (computed in float32). Differentiable w.r.t. means, quats, scales,
@@ -190,7 +191,7 @@ def _numpy(t: Tensor):
 
 
 class _Composite(torch.autograd.Function):
-    """Tile binning + compositing of projected Gaussians; numba forward and backward."""
+    """Tile binning + compositing of projected Gaussians, forward and backward (compiled or numba)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -212,6 +213,7 @@ class _Composite(torch.autograd.Function):
             from gshead.plugins.renderers._cpu_native import composite
         else:
             composite = K.composite
+        ctx.native = native
 
         batch, _, channels = features.shape
         image = torch.empty(batch, channels, height, width, dtype=torch.float32)
@@ -238,13 +240,17 @@ class _Composite(torch.autograd.Function):
     def backward(ctx, grad_image: Tensor, grad_alpha: Tensor, grad_depth: Tensor):  # type: ignore[override]
         from gshead.plugins.renderers import _cpu_kernels as K
 
+        if ctx.native:  # the backward that makes the same alpha decisions as the forward did
+            from gshead.plugins.renderers._cpu_native import composite_backward as backward
+        else:
+            backward = K.composite_backward
         last, trans = ctx.saved_tensors
         batch, height, width = last.shape
         grads = []
         for b in range(batch):
             binned = ctx.binned[b]
             channels = binned[2].shape[1]
-            out = K.composite_backward(
+            out = backward(
                 *binned,
                 last[b].numpy(),
                 trans[b].numpy(),
@@ -277,9 +283,8 @@ class CpuRasterizerConfig(RasterizerConfig):
     near_plane: float = Field(0.01, gt=0.0)
     """Gaussians whose camera-space z is at or below this (model units) are not drawn."""
     kernel: Kernel = "auto"
-    """Forward compositing kernel: 'native' (compiled AVX2, built by the install; the forward is ~1.4x faster),
-    'numba', or 'auto' (native where built and supported by the CPU, else numba). The backward
-    is numba's either way."""
+    """Compositing kernels, forward and backward: 'native' (compiled AVX2, built by the install;
+    ~1.4x faster), 'numba', or 'auto' (native where built and supported by the CPU, else numba)."""
 
 
 class CpuRasterizer(torch.nn.Module):
