@@ -194,11 +194,11 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
         keys, keys2 = keys2, keys
 
     # counting scatter of the sorted Gaussians into their tiles (keeps depth order per tile)
+    sbox = box[order]  # the boxes in depth order: read once at random, then twice in sequence (B: -10%)
     tile_start = np.zeros(ntiles + 1, np.int64)
     for i in range(m):
-        g = order[i]
-        for ty in range(box[g, 2], box[g, 3]):
-            for tx in range(box[g, 0], box[g, 1]):
+        for ty in range(sbox[i, 2], sbox[i, 3]):
+            for tx in range(sbox[i, 0], sbox[i, 1]):
                 tile_start[ty * tiles_x + tx + 1] += 1
     for t in range(ntiles):
         tile_start[t + 1] += tile_start[t]
@@ -206,8 +206,8 @@ def prepare(means2d, conics, opacities, depths, valid, width, height):
     ids = np.empty(tile_start[ntiles], np.int32)
     for i in range(m):
         g = order[i]
-        for ty in range(box[g, 2], box[g, 3]):
-            for tx in range(box[g, 0], box[g, 1]):
+        for ty in range(sbox[i, 2], sbox[i, 3]):
+            for tx in range(sbox[i, 0], sbox[i, 1]):
                 t = ty * tiles_x + tx
                 ids[fill[t]] = g
                 fill[t] += 1
