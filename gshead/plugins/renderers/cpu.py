@@ -23,8 +23,8 @@ blend whole 16-pixel rows, most of them outside a Gaussian's box) and every bran
 result waits for the exp chain. The C kernel works on 8-pixel half rows, one AVX2 register each,
 skips half rows that have stopped, and adds features only where a pair blended. On this 2-core
 machine it composites about 2x faster; the whole forward is 1.4x faster (scene A 26-33 ms
-instead of 37-46, scene B 102-111 ms instead of 145-163; ``benchmarks/test_rasterize.py`` times
-both), forward+backward about 1.4x (A 98-102 ms instead of 136-178). It is a plain C11 file
+instead of 37-46, scene B 96-111 ms instead of 134-163; ``benchmarks/test_rasterize.py`` times
+both), forward+backward about 1.4x (A 98-104 ms instead of 136-178). It is a plain C11 file
 with no Python API, built by ``setup.py`` as an optional extension (an install without a
 compiler still works, with the numba kernels); the numba twins stay as the fallback and as the
 oracle in the tests.
