@@ -151,7 +151,7 @@ def build(name: str, device: str = "cpu") -> Built:
     """``PIPELINES[name]`` built on ``device`` (cached for the session)."""
     key = (name, device)
     if key not in _BUILT:
-        from gshead.core.motion import demo_motion
+        from gshead.io.motion import demo_motion
         from gshead.core.pipeline import Pipeline
         from gshead.testing import sample_image
 

@@ -34,9 +34,9 @@ from conftest import SETTINGS  # pytest put benchmarks/ on sys.path to load conf
 
 from gshead.benchmarking import SCENES, synchronized
 from gshead.core.types import Gaussians
-from gshead.plugins.renderers import _cpu_native
-from gshead.plugins.renderers.cpu import rasterize_cpu
-from gshead.plugins.renderers.torch_tiles import rasterize_tiles
+from gshead.plugins.rasterizers import _cpu_native
+from gshead.plugins.rasterizers.cpu import rasterize_cpu
+from gshead.plugins.rasterizers.torch_tiles import rasterize_tiles
 
 pytestmark = pytest.mark.benchmark(group="rasterize")
 
@@ -121,7 +121,7 @@ def test_cpu_forward(benchmark, scene, kernel):
 def _gsplat_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "needs CUDA"
-    from gshead.plugins.renderers.gsplat_cuda import GsplatRasterizerConfig
+    from gshead.plugins.rasterizers.gsplat import GsplatRasterizerConfig
 
     return GsplatRasterizerConfig.unavailable()
 
@@ -131,7 +131,7 @@ def test_gsplat_forward(benchmark, scene):
     reason = _gsplat_unavailable()
     if reason:
         pytest.skip(reason)
-    from gshead.plugins.renderers.gsplat_cuda import rasterize_gsplat
+    from gshead.plugins.rasterizers.gsplat import rasterize_gsplat
 
     _describe(benchmark, scene, "gsplat")
     benchmark.extra_info["gpu"] = torch.cuda.get_device_name(0)
@@ -169,7 +169,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import torch
     from gshead.benchmarking import head_scene
     from gshead.core.types import Gaussians
-    from gshead.plugins.renderers.cpu import rasterize_cpu
+    from gshead.plugins.rasterizers.cpu import rasterize_cpu
 
     def status(field):  # bytes, from /proc/self/status (Linux)
         for line in open("/proc/self/status"):

@@ -3,7 +3,7 @@
 Importing gshead loads no plugins, weights or kernels; the registry loads plugins on first use.
 """
 
-from gshead.core.config import (
+from gshead.core.components import (
     DriverConfig,
     EncoderConfig,
     HeadModelConfig,
@@ -13,8 +13,7 @@ from gshead.core.config import (
     TrackerConfig,
 )
 from gshead.core.hookspecs import hookimpl
-
-__version__ = "0.1.0"
+from gshead.core.version import __version__
 
 __all__ = [
     "__version__",

@@ -5,9 +5,10 @@
     python -m gshead.docs -o -            # print to stdout
 
 The page is built from the registry with entry-point plugins off (built-ins only, whatever is
-installed), kind by kind in pipeline order, each component with its config class docstring and a
-table of its fields: type, default, constraints and the docstring written under the field. The
-test suite regenerates it and fails when the file differs, so the page cannot drift from the code.
+installed), kind by kind in pipeline order (the rows of ``KIND_TABLE``: each kind's summary, hook,
+base config and plugin folder), each component with its config class docstring and a table of its
+fields: type, default, constraints and the docstring written under the field. The test suite
+regenerates it and fails when the file differs, so the page cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import sys
 import typing
 from pathlib import Path
 
-from gshead.core.components import KINDS
+from gshead.core.components import KIND_TABLE
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "components.md"
 """``docs/components.md`` of the source checkout."""
 
 REGENERATE = "python -m gshead.docs"
 
-KIND_TITLES = {
+KIND_TITLES = {  # section titles; every other per-kind fact comes from KIND_TABLE
     "headmodel": "Head models",
     "encoder": "Encoders",
     "lifter": "Lifters",
@@ -86,12 +87,21 @@ def components_markdown(registry=None) -> str:
         "Every component is picked by `name` in a pipeline YAML slot",
         "(`encoder: {name: tiny-conv, channels: 32}`); the other keys are its config fields below.",
         "`gshead plugins` lists the same, plus installed third-party components. To write your own,",
-        "see [plugins/](plugins/README.md).",
+        "see [plugins/](plugins/README.md). A built-in component's code is",
+        "`gshead/plugins/<kind>s/<name>.py`, the name's `-` read as `_` (`torch-tiles`:",
+        "`gshead/plugins/rasterizers/torch_tiles.py`).",
         "",
     ]
-    for kind in KINDS:
+    for info in KIND_TABLE:
+        kind = info.kind
         specs = registry.components(kind)
-        lines += [f"## {KIND_TITLES[kind]} (`{kind}`)", ""]
+        title = KIND_TITLES.get(kind, info.plural.capitalize())
+        lines += [f"## {title} (`{kind}`)", ""]
+        lines += [
+            f"{info.summary[:1].upper()}{info.summary[1:]}. Registered through `{info.hook}`; configs "
+            f"subclass `{info.base.__name__}`; built-in ones live in `gshead/plugins/{info.plural}/`.",
+            "",
+        ]
         lines += [", ".join(f"[`{name}`](#{kind}-{name})" for name in specs), ""]
         for name, spec in specs.items():
             cls = spec.config_class
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path} is out of date; run: {REGENERATE}", file=sys.stderr)
             return 1
         return 0
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

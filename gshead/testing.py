@@ -17,12 +17,14 @@ component.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from gshead.core.components import Kind
+from gshead.core.components import Kind, kind_info
 from gshead.core.contract import check_independence
+from gshead.core.pipeline import Pipeline
 from gshead.core.registry import Registry, get_registry
 from gshead.core.types import Avatar, CropBox, FeatureMaps, Gaussians, HeadMesh, Render, Rig, Tracked
 
@@ -58,9 +60,7 @@ def sample_image(size: int = 64, seed: int = 0) -> torch.Tensor:
     return (disc * colour + 0.1 + noise).clamp(0, 1)[None]
 
 
-def _build(config: dict[str, Any], registry: Registry | None):
-    from gshead.core.pipeline import Pipeline
-
+def _build(config: dict[str, Any], registry: Registry | None) -> Pipeline:
     return Pipeline.from_dict(config, registry or get_registry())
 
 
@@ -80,81 +80,110 @@ def _check_gaussians(name: str, g: Gaussians, batch: int, channels: int) -> None
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4), f"{name}: quaternions must be unit length"
 
 
+def _check_headmodel(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    hm = pipe.head_model
+    neutral = hm.neutral(2)
+    assert neutral.expression.shape[1] == len(hm.expression_names), f"{name}: one name per expression unit"
+    assert neutral.identity.shape[1] == hm.identity_dim, f"{name}: identity_dim disagrees with neutral()"
+    mesh = hm(neutral)
+    assert isinstance(mesh, HeadMesh), f"{name}: forward must return HeadMesh"
+    assert mesh.vertices.shape == (2, hm.template.shape[0], 3), f"{name}: vertices must be [B, V, 3]"
+    assert torch.allclose(mesh.vertices[0], hm.template, atol=1e-6), f"{name}: zero parameters must give the template"
+    assert int(hm.faces.max()) < hm.template.shape[0], f"{name}: faces index past the last vertex"
+    _finite(name, mesh.vertices, mesh.landmarks)
+
+
+def _check_encoder(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    feats = pipe.encoder(image)
+    assert isinstance(feats, FeatureMaps), f"{name}: forward must return FeatureMaps"
+    got = tuple(m.shape[1] for m in feats.local)
+    assert got == tuple(pipe.encoder.out_channels), f"{name}: local channels {got} != out_channels"
+    assert feats.global_token.shape[1] == pipe.encoder.global_channels, f"{name}: wrong global_channels"
+    _finite(name, *feats.local, feats.global_token)
+
+
+def _check_lifter(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    static = pipe.lifter(pipe.encoder(image), tracked.params, tracked.camera)
+    _check_gaussians(name, static, 1, pipe.config.feature_channels)
+
+
+def _check_driver(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    channels = pipe.config.feature_channels
+    feats = pipe.encoder(image)
+    static = pipe.lifter(feats, tracked.params, tracked.camera)
+    rig = pipe.driver.prepare(feats, tracked.params, tracked.camera, static)
+    assert isinstance(rig, Rig), f"{name}: prepare must return a Rig"
+    _check_gaussians(name + " rig", rig.dynamic, 1, channels)
+    avatar = pipe.reconstruct(image)
+    params = pipe.head_model.neutral(3)
+    posed = pipe.driver.drive(avatar, params)
+    _check_gaussians(name + " drive", posed, 3, channels)
+    assert posed.count == avatar.rig.dynamic.count, f"{name}: drive must pose every rig Gaussian"
+    again = pipe.driver.drive(avatar, params)
+    assert torch.equal(posed.means, again.means), f"{name}: drive must be deterministic"
+
+
+REFERENCE_RASTERIZER: dict[str, Any] = {"name": "torch-tiles"}
+"""The rasterizer every other one is compared with (the pure-PyTorch reference)."""
+
+
+def _check_rasterizer(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    channels = pipe.config.feature_channels
+    g = _random_gaussians(200, channels)
+    cam = tracked.camera.resized(40, 32)
+    bg = torch.linspace(0, 1, channels)
+    out = pipe.rasterizer(g, cam, bg)
+    assert isinstance(out, Render), f"{name}: forward must return Render"
+    assert out.features.shape == (1, channels, 32, 40), f"{name}: features must be [B, C, H, W]"
+    assert out.alpha.shape == (1, 1, 32, 40) and out.depth.shape == (1, 1, 32, 40), f"{name}: bad alpha/depth"
+    assert out.alpha.max() > 0.5, f"{name}: a visible scene rendered nearly empty"
+    empty = pipe.rasterizer(_random_gaussians(0, channels), cam, bg)
+    assert torch.allclose(empty.features, bg.view(1, -1, 1, 1).expand_as(empty.features)), (
+        f"{name}: with no Gaussians the image must equal the background"
+    )
+    reference = pipe.context.build("rasterizer", REFERENCE_RASTERIZER)
+    ref = reference(g, cam, bg)
+    assert torch.allclose(out.features, ref.features, atol=1e-4), f"{name}: differs from the reference rasterizer"
+
+
+def _check_refiner(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    channels = pipe.config.feature_channels
+    render = Render(torch.rand(2, channels, 24, 32), torch.rand(2, 1, 24, 32), torch.rand(2, 1, 24, 32))
+    rgb = pipe.refiner(render)
+    assert rgb.shape == (2, 3, 24, 32), f"{name}: output must be [B, 3, H, W]"
+    assert rgb.min() >= 0 and rgb.max() <= 1, f"{name}: output must lie in [0, 1]"
+
+
+def _check_tracker(pipe: Pipeline, name: str, image: torch.Tensor, tracked: Tracked) -> None:
+    box = pipe.tracker.crop_box(image)
+    assert box is None or (isinstance(box, CropBox) and box.side > 0), f"{name}: crop_box must be a CropBox or None"
+    batch = torch.cat([image, image.flip(-1)])
+    out = pipe.tracker.track(batch)
+    size = pipe.config.source_size
+    assert isinstance(out, Tracked), f"{name}: track must return Tracked"
+    assert out.params.batch_size == 2 and out.camera.batch_size == 2, f"{name}: one result per image"
+    assert (out.camera.width, out.camera.height) == (size, size), f"{name}: camera size"
+
+
+KIND_CHECKS: dict[Kind, Callable[[Pipeline, str, torch.Tensor, Tracked], None]] = {
+    "headmodel": _check_headmodel,
+    "encoder": _check_encoder,
+    "lifter": _check_lifter,
+    "driver": _check_driver,
+    "rasterizer": _check_rasterizer,
+    "refiner": _check_refiner,
+    "tracker": _check_tracker,
+}
+"""The contract check of each kind (a test keeps its keys equal to ``KINDS``)."""
+
+
 def check_component(kind: Kind, config: dict[str, Any] | None = None, registry: Registry | None = None) -> None:
     """Build ``kind`` from ``config`` (default: its slot in the tiny pipeline) and check its outputs."""
+    check = KIND_CHECKS[kind_info(kind).kind]
     pipe = _build(tiny_pipeline(**({kind: config} if config else {})), registry)
-    c = pipe.config
-    image = sample_image(c.source_size)
+    image = sample_image(pipe.config.source_size)
     tracked = pipe.tracker.track(image)
-    source, camera = tracked.params, tracked.camera
-    name = f"{kind} {getattr(c, kind).name!r}"
-
-    if kind == "headmodel":
-        hm = pipe.head_model
-        neutral = hm.neutral(2)
-        assert neutral.expression.shape[1] == len(hm.expression_names), f"{name}: one name per expression unit"
-        assert neutral.identity.shape[1] == hm.identity_dim, f"{name}: identity_dim disagrees with neutral()"
-        mesh = hm(neutral)
-        assert isinstance(mesh, HeadMesh), f"{name}: forward must return HeadMesh"
-        assert mesh.vertices.shape == (2, hm.template.shape[0], 3), f"{name}: vertices must be [B, V, 3]"
-        assert torch.allclose(mesh.vertices[0], hm.template, atol=1e-6), f"{name}: zero parameters must give the template"
-        assert int(hm.faces.max()) < hm.template.shape[0], f"{name}: faces index past the last vertex"
-        _finite(name, mesh.vertices, mesh.landmarks)
-    elif kind == "encoder":
-        feats = pipe.encoder(image)
-        assert isinstance(feats, FeatureMaps), f"{name}: forward must return FeatureMaps"
-        got = tuple(m.shape[1] for m in feats.local)
-        assert got == tuple(pipe.encoder.out_channels), f"{name}: local channels {got} != out_channels"
-        assert feats.global_token.shape[1] == pipe.encoder.global_channels, f"{name}: wrong global_channels"
-        _finite(name, *feats.local, feats.global_token)
-    elif kind == "lifter":
-        static = pipe.lifter(pipe.encoder(image), source, camera)
-        _check_gaussians(name, static, 1, c.feature_channels)
-    elif kind == "driver":
-        feats = pipe.encoder(image)
-        static = pipe.lifter(feats, source, camera)
-        rig = pipe.driver.prepare(feats, source, camera, static)
-        assert isinstance(rig, Rig), f"{name}: prepare must return a Rig"
-        _check_gaussians(name + " rig", rig.dynamic, 1, c.feature_channels)
-        avatar = pipe.reconstruct(image)
-        params = pipe.head_model.neutral(3)
-        posed = pipe.driver.drive(avatar, params)
-        _check_gaussians(name + " drive", posed, 3, c.feature_channels)
-        assert posed.count == avatar.rig.dynamic.count, f"{name}: drive must pose every rig Gaussian"
-        again = pipe.driver.drive(avatar, params)
-        assert torch.equal(posed.means, again.means), f"{name}: drive must be deterministic"
-    elif kind == "rasterizer":
-        g = _random_gaussians(200, c.feature_channels)
-        cam = camera.resized(40, 32)
-        bg = torch.linspace(0, 1, c.feature_channels)
-        out = pipe.rasterizer(g, cam, bg)
-        assert isinstance(out, Render), f"{name}: forward must return Render"
-        assert out.features.shape == (1, c.feature_channels, 32, 40), f"{name}: features must be [B, C, H, W]"
-        assert out.alpha.shape == (1, 1, 32, 40) and out.depth.shape == (1, 1, 32, 40), f"{name}: bad alpha/depth"
-        assert out.alpha.max() > 0.5, f"{name}: a visible scene rendered nearly empty"
-        empty = pipe.rasterizer(_random_gaussians(0, c.feature_channels), cam, bg)
-        assert torch.allclose(empty.features, bg.view(1, -1, 1, 1).expand_as(empty.features)), (
-            f"{name}: with no Gaussians the image must equal the background"
-        )
-        from gshead.plugins.renderers.torch_tiles import rasterize_tiles
-
-        ref = rasterize_tiles(g, cam, bg)
-        assert torch.allclose(out.features, ref.features, atol=1e-4), f"{name}: differs from the reference rasterizer"
-    elif kind == "refiner":
-        render = Render(torch.rand(2, c.feature_channels, 24, 32), torch.rand(2, 1, 24, 32), torch.rand(2, 1, 24, 32))
-        rgb = pipe.refiner(render)
-        assert rgb.shape == (2, 3, 24, 32), f"{name}: output must be [B, 3, H, W]"
-        assert rgb.min() >= 0 and rgb.max() <= 1, f"{name}: output must lie in [0, 1]"
-    elif kind == "tracker":
-        box = pipe.tracker.crop_box(image)
-        assert box is None or (isinstance(box, CropBox) and box.side > 0), f"{name}: crop_box must be a CropBox or None"
-        batch = torch.cat([image, image.flip(-1)])
-        out = pipe.tracker.track(batch)
-        assert isinstance(out, Tracked), f"{name}: track must return Tracked"
-        assert out.params.batch_size == 2 and out.camera.batch_size == 2, f"{name}: one result per image"
-        assert (out.camera.width, out.camera.height) == (c.source_size, c.source_size), f"{name}: camera size"
-    else:  # pragma: no cover - KINDS is closed
-        raise AssertionError(f"unknown kind {kind!r}")
+    check(pipe, f"{kind} {pipe.config.slot(kind).name!r}", image, tracked)
 
 
 def _random_gaussians(n: int, channels: int, seed: int = 0) -> Gaussians:
@@ -201,4 +230,6 @@ __all__ = [
     "check_component",
     "check_pipeline",
     "check_encoder_independence",
+    "KIND_CHECKS",
+    "REFERENCE_RASTERIZER",
 ]

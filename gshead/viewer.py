@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from gshead.core.geometry import quat_to_rotmat
 from gshead.core.types import Gaussians, HeadParams
+from gshead.jobs.posing import export_gaussians
 
 EXPRESSION_RANGE = (-1.0, 1.0)
 JAW_RANGE = (0.0, 0.6)  # radians of jaw opening (rotation about x)
@@ -33,10 +35,7 @@ CAMERA_BACKOFF = 1.6  # the browser's camera starts this many times farther out 
 
 def covariances(g: Gaussians) -> Tensor:
     """World covariances [N, 3, 3] of a one-frame Gaussians: R diag(s^2) R^T."""
-    import roma
-
-    q = g.quats[0]
-    rot = roma.unitquat_to_rotmat(torch.cat([q[:, 1:], q[:, :1]], dim=-1) / q.norm(dim=-1, keepdim=True))
+    rot = quat_to_rotmat(g.quats[0])  # normalised first
     s2 = g.scales[0] ** 2
     return (rot * s2[:, None, :]) @ rot.transpose(1, 2)
 
@@ -70,7 +69,7 @@ class Controls:
 class AvatarViewer:
     """A running viser server showing one avatar (see the module docstring).
 
-    :param loaded: an avatar file read by ``gshead.core.avatar_io.load_avatar``.
+    :param loaded: an avatar file read by ``gshead.io.avatar.load_avatar``.
     :param save_dir: where "Save frame" writes ``frame-0001.png``, ``frame-0002.png``, ...
     :param render_size: side of saved frames (default: the pipeline's render size).
     """
@@ -106,8 +105,6 @@ class AvatarViewer:
 
     @torch.no_grad()
     def _gaussians(self) -> dict:
-        from gshead.commands.export import export_gaussians
-
         g = export_gaussians(self.loaded, self.params())
         return {
             "centers": g.means[0].float().numpy(),
@@ -177,7 +174,7 @@ class AvatarViewer:
         import numpy as np
         from PIL import Image
 
-        from gshead.core.io import atomic_output
+        from gshead.io.media import atomic_output
 
         image = self.session.render(self.params())[0]  # [3, H, W]
         self.save_dir.mkdir(parents=True, exist_ok=True)

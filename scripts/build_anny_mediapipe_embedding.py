@@ -1,6 +1,6 @@
 """Build the MediaPipe 478-point landmark embedding of ``anny-head`` and measure its accuracy.
 
-    python scripts/build_anny_mediapipe_embedding.py [--size 512] [--output PATH] [--report PATH]
+    python scripts/build_anny_mediapipe_embedding.py [--size 512] [--output PATH]
 
 How: the neutral anny head is rendered (shaded, orthographic: ``gshead headmodel render``'s
 rasterizer) from a grid of head rotations; MediaPipe's face mesh (478 points with iris
@@ -12,15 +12,19 @@ result always lies on the surface. Accuracy is measured on held-out rotations th
 used for building: the embedded points are projected and compared with MediaPipe's detections
 (pixels at ``--size``, and as a fraction of the inter-ocular distance, outer eye corners 33-263).
 
-Output: a safetensors file (``face_index`` [478] int64, ``barycentric`` [478, 3] float32) whose
-metadata records the mesh it belongs to (vertex and face counts, a hash of the faces), the views
-and the accuracy; ``anny-head`` refuses a file made for another mesh.
+Output (format 2): a safetensors file with, per landmark, the three vertices of the triangle it
+lies in (``vertex_index`` [478, 3] int64), its barycentric weights there (``barycentric``
+[478, 3] float32) and the resulting point on the neutral template (``points`` [478, 3] float32,
+metres). Vertex ids + weights do not depend on the triangulation (Anny splits quads whose
+diagonals tie either way, depending on float rounding); ``anny-head`` puts each point back on
+its own triangulation when loading (``mediapipe_embedding``). The metadata records the mesh
+(vertex and face counts), the views and the accuracy; ``anny-head`` refuses a file whose vertex
+count differs or whose points do not land on its template.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -32,10 +36,6 @@ BUILD_VIEWS = [(yaw, pitch) for yaw in (-24, -12, 0, 12, 24) for pitch in (-10, 
 HELD_OUT_VIEWS = [(-18, -5), (-6, 6), (6, -6), (18, 5), (30, 0), (-30, 0)]
 POINTS = 478
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "gshead/plugins/headmodels/data/anny_head_mediapipe478.safetensors"
-
-
-def faces_hash(faces: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(faces, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def rotation(yaw_degrees: float, pitch_degrees: float) -> np.ndarray:
@@ -116,7 +116,7 @@ def build(size: int, verbose: bool = True) -> tuple[dict[str, np.ndarray], dict]
         if verbose:
             print(f"view yaw={yaw:+d} pitch={pitch:+d}: {int((fi >= 0).sum())}/{POINTS} points hit the mesh", file=sys.stderr)
     face_index = np.zeros(POINTS, dtype=np.int64)
-    barycentric = np.zeros((POINTS, 3), dtype=np.float32)
+    barycentric = np.zeros((POINTS, 3), dtype=np.float32)  # float32: what is stored and measured
     spread = np.zeros(POINTS)
     for k in range(POINTS):
         if not hits[k]:
@@ -156,17 +156,17 @@ def build(size: int, verbose: bool = True) -> tuple[dict[str, np.ndarray], dict]
     }
     meta = {
         "format": "gshead.landmark-embedding",
-        "format_version": "1",
+        "format_version": "2",
         "head_model": "anny-head",
         "landmarks": "mediapipe-478",
         "vertices": str(vertices.shape[0]),
         "faces": str(faces.shape[0]),
-        "faces_sha256_16": faces_hash(faces),
         "anny_version": _anny_version(),
         "build_views": json.dumps(used),
         "accuracy": json.dumps(accuracy),
     }
-    return {"face_index": face_index, "barycentric": barycentric}, meta
+    points = embed(vertices, faces, face_index, barycentric.astype(np.float64)).astype(np.float32)
+    return {"vertex_index": faces[face_index], "barycentric": barycentric, "points": points}, meta
 
 
 def _project_like(rotated: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     arrays, meta = build(args.size)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import yaml
 from gshead import __version__
 from gshead.cli import main
 from gshead.core.components import KINDS
-from gshead.core.io import probe_video
+from gshead.io.media import probe_video
 from gshead.testing import tiny_pipeline
 
 
@@ -90,20 +90,20 @@ def test_main_job_on_the_embedded_default(tmp_path):
     assert main(["reenact", str(avatar), "--driver", "demo", "--frames", "8", "-o", str(video), "-q"]) == 0
     info = probe_video(video)
     assert (info.frames, info.width, info.height, info.fps) == (8, 128, 128, 25.0)
-    from gshead.core.io import read_video
+    from gshead.io.media import read_video
 
     frames, _, _ = read_video(video)
     first = next(frames)
     assert 0.15 < float(first.mean()) < 0.85, "the video should show the portrait, not a blank frame"
-    from gshead.core.avatar_io import load_avatar
+    from gshead.io.avatar import load_avatar
 
     assert load_avatar(avatar).config.headmodel.name == "anny-head"  # the default pipeline's head model
 
 
 def test_reenact_from_a_tracked_sequence_file(avatar_file, tmp_path):
-    from gshead.core.avatar_io import load_avatar
-    from gshead.core.motion import demo_motion
-    from gshead.core.sequence import TrackedSequence, save_sequence
+    from gshead.io.avatar import load_avatar
+    from gshead.io.motion import demo_motion
+    from gshead.io.sequence import TrackedSequence, save_sequence
     from gshead.core.types import Camera
 
     loaded = load_avatar(avatar_file)
@@ -117,7 +117,7 @@ def test_reenact_from_a_tracked_sequence_file(avatar_file, tmp_path):
 
 
 def test_reenact_driven_by_a_video(avatar_file, tmp_path):
-    from gshead.core.io import VideoWriter
+    from gshead.io.media import VideoWriter
     from gshead.testing import sample_image
 
     clip = tmp_path / "driver.mp4"

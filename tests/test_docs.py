@@ -3,6 +3,7 @@ component list is in sync with the code."""
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import types
@@ -13,7 +14,7 @@ import pytest
 from gshead.core.components import KINDS
 from gshead.core.registry import Registry
 from gshead.docs import REGENERATE, components_markdown
-from gshead.testing import check_component, check_pipeline
+from gshead.pytest_plugin import ContractCheck
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -41,27 +42,62 @@ def _example_module(kind: str) -> tuple[types.ModuleType, str]:
     return module, module_name
 
 
+class _DocsCheck(ContractCheck):
+    """``gshead_check`` as a page's test gets it, except that the numba rasterizer (``cpu``)
+    replaces the slow reference one in tiny pipelines where the example is not the rasterizer."""
+
+    def pipeline(self, **slots):
+        slots.setdefault("rasterizer", {"name": "cpu"})
+        return super().pipeline(**slots)
+
+
+def _page_tests(kind: str) -> list:
+    """The test functions of the page's contract-test block (the python block defining them)."""
+    blocks = [b for b in _python_blocks(DOCS / "plugins" / f"{kind}.md") if "def test_" in b]
+    assert len(blocks) == 1, f"{kind}.md: expected one python block with the example's test"
+    namespace: dict = {}
+    exec(compile(blocks[0], f"docs/plugins/{kind}.md (test)", "exec"), namespace)  # noqa: S102 - our own docs
+    tests = [f for n, f in namespace.items() if n.startswith("test_") and callable(f)]
+    assert tests, f"{kind}.md: the test block defines no test function"
+    return tests
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_plugin_page_example_passes_the_contract_checks(kind):
+def test_plugin_page_example_passes_its_own_contract_test(kind):
     module, module_name = _example_module(kind)
     try:
         registry = Registry(autoload=False, blocked=(), extra_plugins=[("docs-example", module)])
         ours = [s for s in registry.components(kind).values() if s.source == "docs-example"]
         assert len(ours) == 1, f"docs/plugins/{kind}.md: the example must register exactly one {kind}"
         name = ours[0].name
-        check_component(kind, {"name": name}, registry=registry)
-        # and a tiny avatar reconstructs and drives with it (contract clauses 1 and 2); the
-        # numba rasterizer keeps this fast where the example is not the rasterizer itself
-        slots = (
-            {kind: {"name": name}}
-            if kind == "rasterizer"
-            else {kind: {"name": name}, "rasterizer": {"name": "cpu"}}
-        )
-        check_pipeline(registry=registry, **slots)
-        # the page's own test snippet names the same component
         page = (DOCS / "plugins" / f"{kind}.md").read_text(encoding="utf-8")
-        assert f'check_component("{kind}", {{"name": "{name}"' in page
+        assert "register.add(" in page, f"{kind}.md: the example registers with register.add(Config, Factory)"
         assert f'{name} = "{module_name}"' in page  # entry-point line
+        # the page's test checks this component, with the fixture of gshead's pytest plugin ...
+        assert f'gshead_check.component("{kind}", {{"name": "{name}"' in page
+        assert f'gshead_check.pipeline({kind}={{"name": "{name}"' in page
+        # ... and passes: a tiny avatar reconstructs and drives with it (contract clauses 1, 2)
+        for test in _page_tests(kind):
+            test(_DocsCheck(registry))
+    finally:
+        sys.modules.pop(module_name, None)
+
+
+def test_page_tests_catch_a_broken_component():
+    """The pages' tests do check: the encoder page's test fails on a lying copy of its example."""
+    module, module_name = _example_module("encoder")
+    try:
+        original = module.MeanPoolEncoder.__init__
+
+        def lying_init(self, config, context):
+            original(self, config, context)
+            self.out_channels = (config.width + 1,)
+
+        module.MeanPoolEncoder.__init__ = lying_init
+        registry = Registry(autoload=False, blocked=(), extra_plugins=[("docs-example", module)])
+        (test,) = _page_tests("encoder")
+        with pytest.raises(AssertionError, match="out_channels"):
+            test(_DocsCheck(registry))
     finally:
         sys.modules.pop(module_name, None)
 
@@ -136,3 +172,36 @@ def test_docs_index_links_every_page():
     for page in sorted(DOCS.glob("*.md")):
         if page.name != "README.md":
             assert f"]({page.name})" in index, f"docs/README.md does not link {page.name}; add it to the index"
+
+
+def _alias_target(source: str) -> str | None:
+    """The module a deprecated alias stands for (``from a import b as _moved`` + ``sys.modules[__name__] =``)."""
+    tree = ast.parse(source)
+    if not any(
+        isinstance(node, ast.Assign) and any(ast.unparse(t) == "sys.modules[__name__]" for t in node.targets)
+        for node in tree.body
+    ):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.names[0].asname == "_moved":
+            return f"{node.module}.{node.names[0].name}"
+        if isinstance(node, ast.Import) and node.names[0].asname == "_moved":
+            return node.names[0].name
+    raise AssertionError("an alias module must import its new home as _moved")
+
+
+def test_architecture_page_lists_every_deprecated_alias_and_the_layout_rules():
+    page = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    package = DOCS.parent / "gshead"
+    aliases = {}
+    for path in sorted(package.rglob("*.py")):
+        target = _alias_target(path.read_text(encoding="utf-8"))
+        if target is not None:
+            old = ".".join(path.relative_to(DOCS.parent).with_suffix("").parts)
+            aliases[old] = target
+    assert len(aliases) >= 19, aliases
+    for old, new in aliases.items():
+        assert f"| `{old}` | `{new}` |" in page, f"docs/architecture.md: add the row for the alias {old} -> {new}"
+    assert "lint-imports" in page and "gshead/plugins/KINDs/NAME.py" in page
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    assert "(docs/architecture.md)" in readme

@@ -7,6 +7,7 @@ import torch
 
 from gshead.core.errors import AvatarFileError
 from gshead.core.pipeline import Pipeline
+from gshead.io.weights import load_pipeline_weights
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -16,7 +17,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_builtin_default_loads_strictly_and_changes_the_weights():
     fresh = Pipeline.default()
     trained = Pipeline.default()
-    trained.load_weights("builtin:default")
+    load_pipeline_weights(trained, "builtin:default")
     changed = [
         name
         for kind, module in trained.trainable_modules().items()
@@ -28,7 +29,7 @@ def test_builtin_default_loads_strictly_and_changes_the_weights():
 
 def test_unknown_builtin_name_lists_the_shipped_ones():
     with pytest.raises(AvatarFileError, match="expected one of: builtin:default"):
-        Pipeline.default().load_weights("builtin:nope")
+        load_pipeline_weights(Pipeline.default(), "builtin:nope")
 
 
 def test_shipped_weights_beat_the_trivial_baseline_on_unseen_synthetic_heads(tmp_path):
@@ -43,7 +44,7 @@ def test_shipped_weights_beat_the_trivial_baseline_on_unseen_synthetic_heads(tmp
     write_synthetic_dataset(
         root, identities=3, frames=3, size=128, seed=12345, head_model=head, splits=(1.0, 0.0, 0.0), progress=False
     )
-    pipeline.load_weights("builtin:default")
+    load_pipeline_weights(pipeline, "builtin:default")
     ours, baseline = [], []
     for sample in ReenactmentDataset(root, split="train", targets=2, seed=0):
         avatar = pipeline.reconstruct(sample.source_image, sample.source, sample.source_camera)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from gshead.core.avatar_io import load_avatar, save_avatar
+from gshead.io.avatar import load_avatar, save_avatar
 from gshead.core.pipeline import Pipeline
 from gshead.testing import sample_image, tiny_pipeline
-from gshead.commands.export import export_gaussians
+from gshead.jobs.posing import export_gaussians
 from gshead.viewer import Controls, covariances, viewer_unavailable
 
 pytestmark = pytest.mark.skipif(viewer_unavailable() is not None, reason=str(viewer_unavailable()))

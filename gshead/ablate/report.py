@@ -20,7 +20,7 @@ from typing import Any
 
 from gshead.ablate.matrix import LoadedMatrix
 from gshead.core.components import KINDS
-from gshead.core.io import atomic_output
+from gshead.io.media import atomic_output
 
 
 def table_rows(results: list[dict[str, Any]], axes: list[str]) -> tuple[list[str], list[dict[str, Any]]]:

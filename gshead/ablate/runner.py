@@ -98,7 +98,7 @@ def is_finished(result: dict[str, Any] | None, variant: Variant) -> bool:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
@@ -211,8 +211,8 @@ def measure_variant(task: VariantTask) -> dict[str, Any]:
     """Build, train (optionally), reconstruct, check and time one variant; the result fields."""
     import torch
 
-    from gshead.core.io import read_image
-    from gshead.core.motion import demo_motion
+    from gshead.io.media import read_image
+    from gshead.io.motion import demo_motion
 
     measure = task.measure
     out: dict[str, Any] = {}

@@ -24,7 +24,7 @@ def write_pipelines(variants, out_dir) -> Path:
     ``gshead reconstruct --pipeline`` or training run per file); the folder."""
     import yaml
 
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     folder = Path(out_dir) / "pipelines"
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def write_pipelines(variants, out_dir) -> Path:
 def cmd_ablate(args) -> int:
     from gshead.ablate.matrix import load_matrix
     from gshead.ablate.runner import result_path, run_matrix
-    from gshead.cli import _progress
+    from gshead.commands._progress import progress
     from gshead.core.errors import ConfigError
 
     if args.workers < 1:
@@ -54,7 +54,7 @@ def cmd_ablate(args) -> int:
             file=sys.stderr,
         )
         return 0
-    with _progress(total=len(selected), desc="ablate", unit="variant", disable=args.quiet) as bar:
+    with progress(total=len(selected), desc="ablate", unit="variant", disable=args.quiet) as bar:
 
         def on_result(result):
             status = "ok" if result.get("status") == "ok" else f"FAILED: {result.get('error', '')}"

@@ -30,6 +30,8 @@ BASELINE = "source (baseline)"
 
 def _metric_tracker(name: str, pipeline):
     """(tracker or None, reason it is None) for AKD/APD/AED, built with the pipeline's head model."""
+    import torch
+
     from gshead.core.registry import get_registry
 
     if name == "none":
@@ -40,15 +42,14 @@ def _metric_tracker(name: str, pipeline):
             "tracker 'frontal' fits nothing (neutral parameters for every image); use --tracker mediapipe",
         )
     spec = get_registry().get("tracker", name)
-    unavailable = getattr(spec.config_class, "unavailable", None)
-    reason = unavailable() if callable(unavailable) else None
+    reason = spec.config_class.unavailable()  # every config class is a TrackerConfig (the registry checks)
     if reason:
         return None, f"tracker {name!r} is unavailable: {reason}"
     fields = {"name": name}
     if "no_face" in spec.config_class.model_fields:
         fields["no_face"] = "neutral"  # an output without a detectable face is counted, not fatal
     tracker = spec.build(spec.config_class.model_validate(fields), pipeline.context)
-    if hasattr(tracker, "eval"):
+    if isinstance(tracker, torch.nn.Module):
         tracker.eval()
     return tracker, ""
 
@@ -85,12 +86,13 @@ def build_suite(args, pipeline):
 def cmd_eval(args) -> int:
     import torch
 
-    from gshead.cli import _progress
+    from gshead.commands._progress import progress
     from gshead.core.config import default_pipeline_path
     from gshead.core.errors import InputError
     from gshead.core.pipeline import Pipeline
     from gshead.data import ReenactmentDataset
     from gshead.eval.protocols import MethodResults, evaluate, source_baseline, write_results
+    from gshead.io.weights import load_pipeline_weights
 
     if args.max_samples is not None and args.max_samples < 1:
         raise InputError(f"--max-samples {args.max_samples}: expected at least 1")
@@ -99,7 +101,7 @@ def cmd_eval(args) -> int:
     torch.set_grad_enabled(False)
     pipeline = Pipeline.from_yaml(args.pipeline or default_pipeline_path())
     if args.weights:
-        pipeline.load_weights(args.weights)
+        load_pipeline_weights(pipeline, args.weights)
     suite = build_suite(args, pipeline)
     methods = {args.method: None}  # None: reenact with the pipeline
     if args.baseline:
@@ -118,7 +120,7 @@ def cmd_eval(args) -> int:
         n = len(data) if args.max_samples is None else min(len(data), args.max_samples)
         for method, render in methods.items():
             desc = f"eval {protocol}" + (f" ({method})" if render is not None else "")
-            with _progress(total=n * args.targets, desc=desc, unit="frame", disable=args.quiet) as bar:
+            with progress(total=n * args.targets, desc=desc, unit="frame", disable=args.quiet) as bar:
                 samples = (data[i] for i in range(n))
                 results[method][protocol], frames[method][protocol] = evaluate(
                     pipeline, samples, protocol, suite, bar.update, render=render

@@ -6,9 +6,9 @@
 The avatar's driver poses its rig for the head parameters (the avatar's own identity, neutral
 unless told otherwise); the static and the posed Gaussians are written together. Driving applies
 the head pose as camera motion; a file has no camera, so here the pose moves the Gaussians
-themselves (means rotated and translated, rotations composed). With no ``--pose`` the head sits in
-its model space (y up, looking along +z), which is what viewers expect. See ``gshead.core.ply``
-for the file layout.
+themselves (means rotated and translated, rotations composed; see ``gshead.jobs.posing``). With
+no ``--pose`` the head sits in its model space (y up, looking along +z), which is what viewers
+expect. See ``gshead.io.ply`` for the file layout.
 """
 
 from __future__ import annotations
@@ -18,55 +18,13 @@ import sys
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from gshead.core.errors import InputError
-from gshead.core.types import Gaussians, HeadParams
+from gshead.core.types import HeadParams
+from gshead.jobs.posing import export_gaussians
 
 if TYPE_CHECKING:
-    from gshead.core.avatar_io import LoadedAvatar
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product ``a * b`` of (w, x, y, z) quaternions [..., 4] (broadcast)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        (
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ),
-        -1,
-    )
-
-
-def posed_in_world(gaussians: Gaussians, params: HeadParams) -> Gaussians:
-    """``gaussians`` [B, N] moved by the head pose of ``params`` [B]: x -> R x + t, q -> q_R q."""
-    import roma
-
-    rotation = params.rotation.to(gaussians.means.dtype)  # [B, 3] axis-angle
-    r = roma.rotvec_to_rotmat(rotation)  # [B, 3, 3]
-    t = params.translation.to(gaussians.means.dtype)  # [B, 3]
-    means = gaussians.means @ r.transpose(1, 2) + t[:, None]  # [B, N, 3]
-    q_xyzw = roma.rotvec_to_unitquat(rotation)  # [B, 4] (x, y, z, w)
-    q_r = torch.cat([q_xyzw[:, 3:], q_xyzw[:, :3]], -1)[:, None]  # [B, 1, 4] (w, x, y, z)
-    quats = torch.nn.functional.normalize(quat_multiply(q_r, gaussians.quats), dim=-1)
-    return gaussians.replace(means=means, quats=quats)
-
-
-def export_gaussians(loaded: LoadedAvatar, params: HeadParams) -> Gaussians:
-    """Static + driven Gaussians [1, N] of ``loaded`` for head parameters ``params`` [1], in world
-    space (head pose applied to the Gaussians). The avatar's identity replaces ``params.identity``."""
-    avatar = loaded.avatar
-    if params.batch_size != 1:
-        raise InputError(f"export: expected one set of head parameters, got {params.batch_size}")
-    params = params.replace(identity=avatar.source.identity.expand(1, -1))
-    with torch.no_grad():
-        posed = loaded.driver.drive(avatar, params)  # [1, M]
-        everything = Gaussians.cat([avatar.static, posed])  # [1, Ns + M] in head space
-        return posed_in_world(everything, params)
+    from gshead.io.avatar import LoadedAvatar
 
 
 def export_params(
@@ -110,8 +68,8 @@ def export(
     """Load ``avatar_path``, pose it, write ``output`` (.ply) atomically; returns the Gaussian count."""
     from pathlib import Path
 
-    from gshead.core.avatar_io import load_avatar
-    from gshead.core.ply import write_ply
+    from gshead.io.avatar import load_avatar
+    from gshead.io.ply import write_ply
 
     if Path(output).suffix.lower() != ".ply":
         raise InputError(f"{output}: expected a .ply file name")

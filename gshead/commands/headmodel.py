@@ -206,7 +206,7 @@ def render(
     """
     from PIL import Image
 
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     if not 16 <= int(size) <= 4096:
         raise InputError(f"--size {size}: expected 16..4096 pixels")

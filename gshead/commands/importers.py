@@ -25,8 +25,8 @@ names (a few of) the missing, unexpected and mis-shaped keys and nothing is writ
 
 The output (written atomically) is a safetensors file with tensors ``<slot>.<param>`` (the
 modules' float dtype) and metadata ``format: gshead.weights``, ``format_version: 1``,
-``pipeline`` (the validated pipeline config as JSON) and ``source``; ``Pipeline.load_weights``
-and ``gshead reconstruct --weights`` read it.
+``pipeline`` (the validated pipeline config as JSON) and ``source``;
+``gshead.io.weights.load_pipeline_weights`` and ``gshead reconstruct --weights`` read it.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def map_gagavatar(state: dict[str, Tensor]) -> tuple[dict[str, dict[str, Tensor]
     """GAGAvatar keys -> ``{slot: {param: tensor}}`` and the keys that map nowhere.
 
     ``percep_loss.*`` and ``upsampler.toRGB.*`` are dropped."""
-    from gshead.plugins.encoders.vit import hub_to_hf
+    from gshead.plugins.encoders._vit import hub_to_hf
 
     slots: dict[str, dict[str, Tensor]] = {s: {} for s in GAGAVATAR_COMPONENTS}
     dino: dict[str, Tensor] = {}
@@ -170,8 +170,8 @@ def import_gagavatar(
     from safetensors.torch import save_file
 
     from gshead.core.config import dump_pipeline
-    from gshead.core.io import atomic_output
-    from gshead.core.weights import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, state_dict_problems
+    from gshead.io.media import atomic_output
+    from gshead.io.weights import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, state_dict_problems
 
     checkpoint, output = Path(checkpoint), Path(output)
     state = read_checkpoint(checkpoint)

@@ -3,7 +3,7 @@
     gshead track VIDEO|IMAGE -o SEQ.safetensors [--pipeline YAML] [--smoothing X] [--no-cache] [-q]
 
 Uses the pipeline's tracker and head model (the embedded default pipeline when ``--pipeline`` is
-not given) through ``gshead.core.tracking.track_with_pipeline``, the same code path as
+not given) through ``gshead.jobs.tracking.track_with_pipeline``, the same code path as
 ``gshead reenact --driver VIDEO``: per-frame face boxes, batched fitting, one identity, frames
 without a face flagged and interpolated, temporal smoothing, and a cache keyed by the input's
 content, so a rerun is instant. The output is written atomically, only once tracking succeeded.
@@ -17,22 +17,23 @@ import sys
 def cmd_track(args) -> int:
     import torch
 
-    from gshead.cli import _progress
+    from gshead.commands._progress import progress
+    from gshead.core.components import LandmarkTracker
     from gshead.core.config import default_pipeline_path, load_pipeline
     from gshead.core.registry import get_registry
-    from gshead.core.sequence import save_sequence
-    from gshead.core.tracking import track_with_pipeline
+    from gshead.io.sequence import save_sequence
+    from gshead.jobs.tracking import track_with_pipeline
 
     torch.set_grad_enabled(False)
     config = load_pipeline(args.pipeline or default_pipeline_path(), get_registry())
 
     def bar(total):
-        return _progress(total=total or None, desc="tracking", unit="frame", disable=args.quiet)
+        return progress(total=total or None, desc="tracking", unit="frame", disable=args.quiet)
 
     seq, cached, tracker = track_with_pipeline(
         args.input, config, smoothing=args.smoothing, use_cache=not args.no_cache, progress=bar
     )
-    if tracker is not None and not callable(getattr(tracker, "track_with_error", None)):
+    if tracker is not None and not isinstance(tracker, LandmarkTracker):
         print(
             f"note: tracker {config.tracker.name!r} does not fit landmarks; fit errors are NaN",
             file=sys.stderr,
@@ -52,7 +53,7 @@ def cmd_track(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Register ``gshead track`` on the top-level subparsers."""
-    from gshead.core.tracking import DEFAULT_SMOOTHING
+    from gshead.jobs.tracking import DEFAULT_SMOOTHING
 
     p = subparsers.add_parser("track", help="track a video or image into a tracked-sequence file")
     p.add_argument("input", help="video (.mp4, .mov, .mkv, .webm, .avi) or image file, or example:astronaut")

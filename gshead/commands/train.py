@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-EXIT_INTERRUPTED = 130
+from gshead.commands import EXIT_INTERRUPTED
 
 
 def shipped_config(name: str) -> Path:

@@ -7,7 +7,7 @@ import time
 
 
 def cmd_view(args) -> int:
-    from gshead.core.avatar_io import load_avatar
+    from gshead.io.avatar import load_avatar
     from gshead.core.errors import InputError
     from gshead.viewer import AvatarViewer, viewer_unavailable
 

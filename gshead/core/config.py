@@ -11,78 +11,40 @@ from __future__ import annotations
 import json
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from gshead.core.components import KINDS, Kind
+from gshead.core.components import (
+    KIND_TABLE,
+    KINDS,
+    ComponentConfig,
+    DriverConfig,
+    EncoderConfig,
+    HeadModelConfig,
+    Kind,
+    LifterConfig,
+    RasterizerConfig,
+    RefinerConfig,
+    TrackerConfig,
+)
 from gshead.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from gshead.core.registry import Registry
 
 
-class ComponentConfig(BaseModel):
-    """Base of every component config: frozen, unknown fields refused, docstrings as docs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-    kind: ClassVar[Kind]
-    test_fields: ClassVar[dict[str, Any]] = {}  # small settings for contract tests (e.g. a tiny variant)
-    name: str
-
-    @classmethod
-    def unavailable(cls) -> str | None:
-        """Why this component cannot run on this machine as configured by default (no CUDA, a
-        missing package or licensed file), or None. Contract tests skip with this reason."""
-        return None
-
-
-class HeadModelConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "headmodel"
-
-
-class EncoderConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "encoder"
-
-
-class LifterConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "lifter"
-
-
-class DriverConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "driver"
-
-
-class RasterizerConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "rasterizer"
-
-
-class RefinerConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "refiner"
-
-
-class TrackerConfig(ComponentConfig):
-    kind: ClassVar[Kind] = "tracker"
-
-
-BASE_FOR_KIND: dict[Kind, type[ComponentConfig]] = {
-    "headmodel": HeadModelConfig,
-    "encoder": EncoderConfig,
-    "lifter": LifterConfig,
-    "driver": DriverConfig,
-    "rasterizer": RasterizerConfig,
-    "refiner": RefinerConfig,
-    "tracker": TrackerConfig,
-}
+BASE_FOR_KIND: dict[Kind, type[ComponentConfig]] = {info.kind: info.base for info in KIND_TABLE}
+"""The base config class of each kind (derived from ``KIND_TABLE``)."""
 
 
 class PipelineSettings(BaseModel):
-    """Pipeline-wide settings (the component slots are added per registry, see ``pipeline_model``)."""
+    """Pipeline-wide settings (everything in a pipeline YAML but the component slots)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1)
     """Seed for initialising component weights (same seed, same weights)."""
     feature_channels: int = Field(16, ge=3, le=64)
     """Feature channels per Gaussian; the first three are RGB."""
@@ -92,11 +54,59 @@ class PipelineSettings(BaseModel):
     """Side of the square images rendered when driving, in pixels."""
 
 
-_MODELS: weakref.WeakKeyDictionary[Registry, type[BaseModel]] = weakref.WeakKeyDictionary()
+class PipelineConfig(PipelineSettings):
+    """A whole pipeline: the settings plus one component config per slot.
+
+    This is the static type of every validated pipeline config: each slot is typed with its
+    kind's base config, so code reading ``config.encoder.name`` or ``config.render_size`` is
+    checked. Validation always goes through ``pipeline_model(registry)``, a subclass whose slots
+    are refined to the discriminated union of the config classes that registry knows; the
+    result is an instance of that subclass, hence of ``PipelineConfig``.
+    """
+
+    headmodel: HeadModelConfig
+    """The morphable head model: parameters in, mesh out."""
+    encoder: EncoderConfig
+    """The image encoder: portrait -> feature maps (runs once per portrait)."""
+    lifter: LifterConfig
+    """Feature maps -> the avatar's static Gaussians."""
+    driver: DriverConfig
+    """Makes the rig once, then poses its dynamic Gaussians every frame."""
+    rasterizer: RasterizerConfig
+    """Gaussians + camera -> feature image."""
+    refiner: RefinerConfig
+    """Feature image -> RGB image."""
+    tracker: TrackerConfig
+    """Finds the head in images: crop boxes, head parameters and cameras."""
+
+    def slot(self, kind: Kind) -> ComponentConfig:
+        """The component config in slot ``kind``."""
+        return getattr(self, kind)
+
+    @model_validator(mode="after")
+    def _shared_fields_agree(self) -> PipelineConfig:
+        """Fields that components declare as ``pipeline_shared`` hold one value across slots."""
+        seen: dict[str, tuple[Kind, Any]] = {}
+        for kind in KINDS:
+            slot = getattr(self, kind, None)
+            for name in type(slot).pipeline_shared if isinstance(slot, ComponentConfig) else ():
+                value = getattr(slot, name)
+                if name in seen and seen[name][1] != value:
+                    other, first = seen[name]
+                    raise ValueError(
+                        f"{other}.{name} is {first!r} but {kind}.{name} is {value!r}; "
+                        f"expected the same value in both (they describe one threshold)"
+                    )
+                seen.setdefault(name, (kind, value))
+        return self
 
 
-def pipeline_model(registry: Registry) -> type[BaseModel]:
-    """The pydantic model of a whole pipeline for the components ``registry`` knows (one per registry)."""
+_MODELS: weakref.WeakKeyDictionary[Registry, type[PipelineConfig]] = weakref.WeakKeyDictionary()
+
+
+def pipeline_model(registry: Registry) -> type[PipelineConfig]:
+    """The pydantic model of a whole pipeline for the components ``registry`` knows (one per
+    registry): ``PipelineConfig`` with each slot refined to the union of registered configs."""
     if registry in _MODELS:
         return _MODELS[registry]
     fields: dict[str, Any] = {}
@@ -108,8 +118,9 @@ def pipeline_model(registry: Registry) -> type[BaseModel]:
             slot: Any = classes[0]
         else:
             slot = Annotated[Union[tuple(classes)], Field(discriminator="name")]  # noqa: UP007
-        fields[kind] = (slot, ...)
-    model = create_model("PipelineConfig", __base__=PipelineSettings, **fields)
+        described = PipelineConfig.model_fields[kind].description
+        fields[kind] = (slot, Field(..., description=described))
+    model = create_model("PipelineConfig", __base__=PipelineConfig, **fields)
     _MODELS[registry] = model
     return model
 
@@ -146,10 +157,12 @@ def _describe(error: dict[str, Any], registry: Registry, source: str) -> str:
         return f"{where}{path}: unknown setting; expected one of: {allowed}"
     if etype == "missing":
         return f"{where}{path}: missing; a value is required"
+    if etype == "value_error" and not loc:  # a check across slots (``PipelineConfig`` validators)
+        return f"{where}{str(error['msg']).removeprefix('Value error, ')}"
     return f"{where}{path}: {error['msg']} (got {error.get('input')!r})"
 
 
-def validate_pipeline(data: Any, registry: Registry, source: str = "") -> BaseModel:
+def validate_pipeline(data: Any, registry: Registry, source: str = "") -> PipelineConfig:
     """Validate a plain dict into a pipeline config; ConfigError (one line) on failure."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source or 'pipeline'}: expected a mapping of settings, got {type(data).__name__}")
@@ -181,7 +194,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
     return data
 
 
-def load_pipeline(path: str | Path, registry: Registry) -> BaseModel:
+def load_pipeline(path: str | Path, registry: Registry) -> PipelineConfig:
     """Read and validate a pipeline YAML file."""
     return validate_pipeline(read_yaml(path, "pipeline config"), registry, source=str(path))
 

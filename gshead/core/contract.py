@@ -15,13 +15,13 @@ Clauses:
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import torch
 from torch import Tensor
 
 from gshead.core.errors import ContractViolation
-from gshead.core.types import Avatar, FeatureMaps
+from gshead.core.types import Avatar, FeatureMaps, HeadParams
 
 _LEAF_TYPES = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, Tensor)
 
@@ -117,8 +117,14 @@ def avatar_shapes(avatar: Avatar) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in avatar.tensors().items()}
 
 
+class Renders(Protocol):
+    """What clause 3 drives: anything with ``render(params)`` (a ``DrivingSession``)."""
+
+    def render(self, params: HeadParams) -> Tensor: ...
+
+
 def check_independence(
-    small: tuple[Avatar, object], large: tuple[Avatar, object], params, what: str = "encoder"
+    small: tuple[Avatar, Renders], large: tuple[Avatar, Renders], params: HeadParams, what: str = "encoder"
 ) -> None:
     """Clause 3: ``small``/``large`` are (avatar, session) made by pipelines differing only in
     ``what``'s size; raise unless their avatars have equal shapes and a frame costs equal flops."""
@@ -129,8 +135,8 @@ def check_independence(
                 f"avatar tensor {key!r} has shape {shapes_small.get(key)} with the smaller {what} "
                 f"and {shapes_large.get(key)} with the larger; avatar sizes must not depend on the {what}"
             )
-    flops_small = driving_flops(small[1].render, params)  # type: ignore[attr-defined]
-    flops_large = driving_flops(large[1].render, params)  # type: ignore[attr-defined]
+    flops_small = driving_flops(small[1].render, params)
+    flops_large = driving_flops(large[1].render, params)
     if flops_small != flops_large:
         raise ContractViolation(
             f"a driving frame costs {flops_small} flops with the smaller {what} and {flops_large} "

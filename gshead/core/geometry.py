@@ -1,4 +1,17 @@
-"""Binding points (Gaussian centres) to a triangle mesh and moving them with it. Pure torch.
+"""Shared geometry, each convention written once. Pure torch.
+
+Conventions (every module of gshead uses these, none writes its own):
+
+- **Quaternions** are stored (w, x, y, z), scalar first, as in ``Gaussians.quats`` and the 3DGS
+  PLY. roma (and scipy) use (x, y, z, w): cross only through ``quat_wxyz_to_xyzw`` and
+  ``quat_xyzw_to_wxyz``. ``quat_to_rotmat``, ``rotmat_to_quat`` and ``quat_multiply`` work in
+  (w, x, y, z).
+- **Cameras** are OpenCV pinholes (x right, y down, z forward); ``project_points`` maps world
+  points to pixels, ``view_direction`` is the unit vector from the world origin towards the
+  camera along its optical axis.
+- **Harmonic code**: ``harmonic_encoding`` is ``[x, sin(x), cos(x), sin(2x), cos(2x), ...]``.
+
+Binding points (Gaussian centres) to a triangle mesh and moving them with it:
 
 A bound point remembers a triangle, the barycentric coordinates of its *closest point on that
 triangle* (the anchor: all weights >= 0, summing to 1) and its offset from the anchor expressed
@@ -25,9 +38,117 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gshead.core.errors import ShapeError
-from gshead.core.types import MeshBinding
+from gshead.core.types import Camera, CropBox, MeshBinding
 
-__all__ = ["face_frames", "bind_to_mesh", "posed_points", "posed_rotations", "posed_frames"]
+__all__ = [
+    "quat_wxyz_to_xyzw",
+    "quat_xyzw_to_wxyz",
+    "quat_to_rotmat",
+    "rotmat_to_quat",
+    "quat_multiply",
+    "project_points",
+    "view_direction",
+    "harmonic_encoding",
+    "crop_square",
+    "face_frames",
+    "bind_to_mesh",
+    "posed_points",
+    "posed_rotations",
+    "posed_frames",
+]
+
+
+# -- quaternions (w, x, y, z) -------------------------------------------------------------------
+def quat_wxyz_to_xyzw(quats: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z) -> [..., 4] (x, y, z, w), the order of roma and scipy."""
+    return torch.cat([quats[..., 1:], quats[..., :1]], dim=-1)
+
+
+def quat_xyzw_to_wxyz(quats: Tensor) -> Tensor:
+    """[..., 4] (x, y, z, w) -> [..., 4] (w, x, y, z), gshead's order."""
+    return torch.cat([quats[..., 3:], quats[..., :3]], dim=-1)
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] from quaternions [..., 4] (w, x, y, z) of any norm (normalised
+    first). Written out rather than through roma so it is cheap and twice differentiable."""
+    q = F.normalize(quats, p=2.0, dim=-1)  # [..., 4]
+    w, x, y, z = q.unbind(-1)
+    rows = (
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    )  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def rotmat_to_quat(rotations: Tensor) -> Tensor:
+    """[..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z)."""
+    import roma
+
+    return quat_xyzw_to_wxyz(roma.rotmat_to_unitquat(rotations))
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product ``a * b`` of (w, x, y, z) quaternions [..., 4] (broadcast): the rotation
+    ``b`` followed by ``a``."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        (
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ),
+        dim=-1,
+    )
+
+
+# -- cameras --------------------------------------------------------------------------------------
+def project_points(points: Tensor, camera: Camera, min_depth: float = 1e-6) -> Tensor:
+    """World points [B, M, 3] -> pixel coordinates [B, M, 2] through ``camera`` [B] (OpenCV
+    pinhole; depths below ``min_depth`` are clamped to it)."""
+    w2c = camera.world_to_camera  # [B, 4, 4]
+    cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [B, M, 3]
+    uvw = cam @ camera.intrinsics.transpose(1, 2)  # [B, M, 3]
+    return uvw[..., :2] / uvw[..., 2:].clamp(min=min_depth)
+
+
+def view_direction(camera: Camera) -> Tensor:
+    """Unit vectors [B, 3] from the world origin towards each camera along its optical axis (world frame)."""
+    return -F.normalize(camera.world_to_camera[:, 2, :3], dim=-1)  # row 2 of R: the camera's z axis
+
+
+def harmonic_encoding(x: Tensor, frequencies: int) -> Tensor:
+    """[..., D] -> [..., D (1 + 2 F)]: ``[x, sin(x), cos(x), sin(2x), cos(2x), ...]`` up to 2^(F-1)."""
+    parts = [x]
+    for k in range(frequencies):
+        parts += [torch.sin(x * 2.0**k), torch.cos(x * 2.0**k)]
+    return torch.cat(parts, dim=-1)
+
+
+# -- images -------------------------------------------------------------------------------------
+def crop_square(image: Tensor, box: CropBox, size: int) -> Tensor:
+    """The square ``box`` of ``image`` [B, C, H, W] (black past the borders), resized to [B, C, size, size]."""
+    if image.dim() != 4:
+        raise ShapeError(f"crop_square: expected an image batch [B, C, H, W], got {list(image.shape)}")
+    if size <= 0 or box.side <= 0:
+        raise ShapeError(f"crop_square: sizes must be positive, got output {size} and box side {box.side}")
+    h, w = image.shape[-2:]
+    left, top, side = round(box.left), round(box.top), max(1, round(box.side))
+    pad = (max(0, -left), max(0, left + side - w), max(0, -top), max(0, top + side - h))
+    if any(pad):
+        image = F.pad(image, pad)  # zeros: matted on black
+        left, top = left + pad[0], top + pad[2]
+    square = image[:, :, top : top + side, left : left + side]  # [B, C, side, side]
+    if side == size:
+        return square
+    resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized.clamp(0.0, 1.0) if image.is_floating_point() else resized
+
+
+# -- binding points to a mesh ---------------------------------------------------------------------
 
 
 def _batched_vertices(name: str, vertices: Tensor) -> Tensor:

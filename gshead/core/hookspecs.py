@@ -1,8 +1,8 @@
 """The hooks a gshead plugin implements: one per component kind.
 
 A plugin is a module with functions decorated by ``hookimpl`` and named after these specs.
-Each hook is called once, when the registry first loads, with a ``register`` callback that the
-core owns; the plugin calls it once per component::
+Each hook is called once, when the registry first loads, with a ``Register`` object that the
+core owns (``gshead.core.registry.Register``); the plugin adds each of its components with it::
 
     from typing import Literal
     from gshead import hookimpl, EncoderConfig
@@ -14,7 +14,7 @@ core owns; the plugin calls it once per component::
 
     @hookimpl
     def gshead_register_encoders(register):
-        register(MyEncoderConfig, MyEncoder)   # MyEncoder(config, context) builds it
+        register.add(MyEncoderConfig, MyEncoder)   # MyEncoder(config, context) builds it
 
 The component's name is the default of its config's ``name`` field, so YAML selects it with
 ``encoder: {name: my-encoder, width: 32}``. Built-in components use exactly these hooks.
@@ -22,23 +22,25 @@ The component's name is the default of its config's ``name`` field, so YAML sele
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
+
+from gshead.core.components import KIND_TABLE
+
+if TYPE_CHECKING:
+    from gshead.core.registry import Register
 
 PROJECT = "gshead"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-Register = Callable[..., None]
-"""``register(config_class, factory)``: add one component of the hook's kind."""
 
 
 @hookspec
 def gshead_register_headmodels(register: Register) -> None:
     """Register morphable head models.
 
-    :param register: call ``register(config_class, factory)`` once per head model.
+    :param register: call ``register.add(config_class, factory)`` once per head model.
     """
 
 
@@ -46,7 +48,7 @@ def gshead_register_headmodels(register: Register) -> None:
 def gshead_register_encoders(register: Register) -> None:
     """Register image encoders (image -> FeatureMaps).
 
-    :param register: call ``register(config_class, factory)`` once per encoder.
+    :param register: call ``register.add(config_class, factory)`` once per encoder.
     """
 
 
@@ -54,7 +56,7 @@ def gshead_register_encoders(register: Register) -> None:
 def gshead_register_lifters(register: Register) -> None:
     """Register lifters (FeatureMaps -> static Gaussians).
 
-    :param register: call ``register(config_class, factory)`` once per lifter.
+    :param register: call ``register.add(config_class, factory)`` once per lifter.
     """
 
 
@@ -62,7 +64,7 @@ def gshead_register_lifters(register: Register) -> None:
 def gshead_register_drivers(register: Register) -> None:
     """Register expression drivers (make the rig once, pose it per frame).
 
-    :param register: call ``register(config_class, factory)`` once per driver.
+    :param register: call ``register.add(config_class, factory)`` once per driver.
     """
 
 
@@ -70,7 +72,7 @@ def gshead_register_drivers(register: Register) -> None:
 def gshead_register_rasterizers(register: Register) -> None:
     """Register Gaussian rasterizers (Gaussians + camera -> feature image).
 
-    :param register: call ``register(config_class, factory)`` once per rasterizer.
+    :param register: call ``register.add(config_class, factory)`` once per rasterizer.
     """
 
 
@@ -78,7 +80,7 @@ def gshead_register_rasterizers(register: Register) -> None:
 def gshead_register_refiners(register: Register) -> None:
     """Register neural refiners (feature image -> RGB image).
 
-    :param register: call ``register(config_class, factory)`` once per refiner.
+    :param register: call ``register.add(config_class, factory)`` once per refiner.
     """
 
 
@@ -86,16 +88,9 @@ def gshead_register_refiners(register: Register) -> None:
 def gshead_register_trackers(register: Register) -> None:
     """Register trackers (images -> head parameters and cameras).
 
-    :param register: call ``register(config_class, factory)`` once per tracker.
+    :param register: call ``register.add(config_class, factory)`` once per tracker.
     """
 
 
-HOOK_FOR_KIND = {
-    "headmodel": "gshead_register_headmodels",
-    "encoder": "gshead_register_encoders",
-    "lifter": "gshead_register_lifters",
-    "driver": "gshead_register_drivers",
-    "rasterizer": "gshead_register_rasterizers",
-    "refiner": "gshead_register_refiners",
-    "tracker": "gshead_register_trackers",
-}
+HOOK_FOR_KIND: dict[str, str] = {info.kind: info.hook for info in KIND_TABLE}
+"""The hook of each kind (derived from ``KIND_TABLE``; a test checks every hook is specified above)."""

@@ -9,20 +9,37 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor
 
 from gshead.core import contract
-from gshead.core.components import KINDS, BuildContext, Kind
-from gshead.core.config import default_pipeline_path, dump_pipeline, load_pipeline, validate_pipeline
+from gshead.core.components import (
+    KIND_INFO,
+    KIND_TABLE,
+    KINDS,
+    BuildContext,
+    Driver,
+    Encoder,
+    HeadModel,
+    Kind,
+    Lifter,
+    Rasterizer,
+    Refiner,
+    Tracker,
+)
+from gshead.core.config import PipelineConfig, default_pipeline_path, dump_pipeline, load_pipeline, validate_pipeline
+from gshead.core.errors import InputError
+from gshead.core.geometry import crop_square
 from gshead.core.registry import Registry, get_registry
 from gshead.core.types import Avatar, Camera, CropBox, Gaussians, HeadParams, Provenance, Render
 
 # Reconstruction-time kinds: a driving session must never reach one of these.
-RECONSTRUCTION_KINDS: tuple[Kind, ...] = ("encoder", "lifter", "tracker")
+RECONSTRUCTION_KINDS: tuple[Kind, ...] = tuple(info.kind for info in KIND_TABLE if info.reconstruction_only)
+DRIVING_KINDS: tuple[Kind, ...] = ("driver", "rasterizer", "refiner")
+
 
 def _seeded(seed: int, build):
     """Run ``build()`` with torch's RNG seeded, leaving the global RNG as it was."""
@@ -31,34 +48,69 @@ def _seeded(seed: int, build):
         return build()
 
 
-def build_component(config: BaseModel, kind: Kind, context: BuildContext, registry: Registry):
+def build_component(config: PipelineConfig, kind: Kind, context: BuildContext, registry: Registry) -> Any:
     """Build the component in slot ``kind`` of a pipeline config, seeded by the config's seed."""
-    slot = getattr(config, kind)
-    seed = config.seed * 1000 + KINDS.index(kind)  # type: ignore[attr-defined]
+    slot = config.slot(kind)
+    seed = config.seed * 1000 + KINDS.index(kind)
     module = _seeded(seed, lambda: registry.build(kind, slot, context))
     if isinstance(module, torch.nn.Module):
         module.eval()
     return module
 
 
-class Pipeline:
-    """A validated pipeline config built into components."""
+def build_components(
+    config: PipelineConfig,
+    kinds: Iterable[Kind],
+    registry: Registry,
+    *,
+    head_model: HeadModel | None = None,
+    encoder_channels: tuple[int, ...] | None = None,
+    encoder_global_channels: int | None = None,
+) -> tuple[dict[Kind, Any], BuildContext]:
+    """Build the slots ``kinds`` of ``config`` in data-flow order; the one place a ``BuildContext``
+    is assembled. The head model is always built first (or ``head_model`` is used); the encoder's
+    channels come from the built encoder, or from ``encoder_channels``/``encoder_global_channels``
+    when the encoder is not built (an avatar file records them). Returns the components by kind
+    (the head model included) and the context the later ones were built with."""
+    wanted = set(kinds) | {"headmodel"}
+    context = BuildContext(config.feature_channels, registry=registry)
+    built: dict[Kind, Any] = {}
+    if head_model is None:
+        head_model = build_component(config, "headmodel", context, registry)
+    built["headmodel"] = head_model
+    context = dataclasses.replace(context, head_model=head_model)
+    if "encoder" in wanted:
+        encoder = build_component(config, "encoder", context, registry)
+        built["encoder"] = encoder
+        encoder_channels, encoder_global_channels = tuple(encoder.out_channels), encoder.global_channels
+    if encoder_channels is not None:
+        context = dataclasses.replace(
+            context, encoder_channels=tuple(encoder_channels), encoder_global_channels=int(encoder_global_channels or 0)
+        )
+    for kind in KINDS:
+        if kind in wanted and kind not in built:
+            built[kind] = build_component(config, kind, context, registry)
+    return built, context
 
-    def __init__(self, config: BaseModel, registry: Registry | None = None) -> None:
+
+class Pipeline:
+    """A validated pipeline config built into components, one attribute per kind
+    (``KindInfo.attribute``: ``head_model``, ``encoder``, ``lifter``, ...)."""
+
+    head_model: HeadModel
+    encoder: Encoder
+    lifter: Lifter
+    driver: Driver
+    rasterizer: Rasterizer
+    refiner: Refiner
+    tracker: Tracker
+
+    def __init__(self, config: PipelineConfig, registry: Registry | None = None) -> None:
         self.registry = registry or get_registry()
         self.config = config
-        c: Any = config
-        self.head_model = build_component(config, "headmodel", BuildContext(c.feature_channels), self.registry)
-        base = BuildContext(c.feature_channels, self.head_model)
-        self.encoder = build_component(config, "encoder", base, self.registry)
-        self.context = BuildContext(
-            c.feature_channels, self.head_model, tuple(self.encoder.out_channels), self.encoder.global_channels
-        )
-        self.lifter = build_component(config, "lifter", self.context, self.registry)
-        self.driver = build_component(config, "driver", self.context, self.registry)
-        self.rasterizer = build_component(config, "rasterizer", self.context, self.registry)
-        self.refiner = build_component(config, "refiner", self.context, self.registry)
-        self.tracker = build_component(config, "tracker", self.context, self.registry)
+        built, self.context = build_components(config, KINDS, self.registry)
+        for kind, component in built.items():
+            setattr(self, KIND_INFO[kind].attribute, component)
 
     @classmethod
     def from_yaml(cls, path, registry: Registry | None = None) -> Pipeline:
@@ -75,23 +127,15 @@ class Pipeline:
         """The embedded default pipeline (``gshead/configs/default.yaml``)."""
         return cls.from_yaml(default_pipeline_path(), registry)
 
-    def load_weights(self, path) -> None:
-        """Load a pipeline-weights file (``gshead import``) into this pipeline's modules, strictly
-        (see ``gshead.core.weights``); one-line ``AvatarFileError`` when it does not fit."""
-        from gshead.core.weights import load_pipeline_weights
-
-        load_pipeline_weights(self, path)
-
     def components(self) -> dict[Kind, Any]:
-        return {kind: getattr(self, "head_model" if kind == "headmodel" else kind) for kind in KINDS}
+        """Every component by kind, in data-flow order."""
+        return {info.kind: getattr(self, info.attribute) for info in KIND_TABLE}
 
     def prepare_image(self, image: Tensor) -> Tensor:
         """A raw portrait [1, 3, H, W] cropped where the tracker finds the head (centred when it
         does not say) and resized to the pipeline's ``source_size``: [1, 3, S, S]."""
-        from gshead.core.io import crop_square
-
         box = self.tracker.crop_box(image) or CropBox.centred(image.shape[-1], image.shape[-2])
-        return crop_square(image, box, self.config.source_size)  # type: ignore[attr-defined]
+        return crop_square(image, box, self.config.source_size)
 
     @torch.no_grad()
     def reconstruct(
@@ -110,9 +154,7 @@ class Pipeline:
     ) -> Avatar:
         """``reconstruct`` without ``no_grad`` and without the frozen copy: the avatar's tensors keep
         their autograd history, for training and test-time fitting. Inference uses ``reconstruct``."""
-        from gshead.core.errors import InputError
-
-        size = self.config.source_size  # type: ignore[attr-defined]
+        size = self.config.source_size
         if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[2:] != (size, size):
             raise InputError(f"reconstruct: expected an image of shape [1, 3, {size}, {size}], got {list(image.shape)}")
         if source is None or camera is None:
@@ -126,7 +168,7 @@ class Pipeline:
         rig = self.driver.prepare(features, source, view, static)
         provenance = Provenance(
             pipeline=dump_pipeline(self.config),
-            head_model=self.config.headmodel.name,  # type: ignore[attr-defined]
+            head_model=self.config.headmodel.name,
             gshead_version=_version(),
             torch_version=torch.__version__,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -141,20 +183,19 @@ class Pipeline:
         defaults to the avatar's source camera at ``render_size``. The contract is not checked here
         (training changes weights on purpose); inference goes through ``session``."""
         if camera is None:
-            size = self.config.render_size  # type: ignore[attr-defined]
+            size = self.config.render_size
             camera = avatar.camera.resized(size, size * avatar.camera.height // avatar.camera.width)
         return drive_frames(avatar, params, camera, self.driver, self.rasterizer, self.refiner, background)
 
     def trainable_modules(self) -> dict[Kind, torch.nn.Module]:
         """The pipeline's ``nn.Module`` components by kind (head model and tracker excluded: they
         are fixed models, not learned by gshead's trainer)."""
-        out: dict[Kind, torch.nn.Module] = {}
-        for kind, component in self.components().items():
-            if kind in ("headmodel", "tracker"):
-                continue
-            if isinstance(component, torch.nn.Module):
-                out[kind] = component
-        return out
+        components = self.components()
+        return {
+            info.kind: components[info.kind]
+            for info in KIND_TABLE
+            if info.trainable and isinstance(components[info.kind], torch.nn.Module)
+        }
 
     def session(self, avatar: Avatar, render_size: int | None = None, **kwargs) -> DrivingSession:
         """A driving session for ``avatar`` using this pipeline's driving components."""
@@ -163,18 +204,18 @@ class Pipeline:
             self.driver,
             self.rasterizer,
             self.refiner,
-            render_size=render_size or self.config.render_size,  # type: ignore[attr-defined]
+            render_size=render_size or self.config.render_size,
             forbidden=self.reconstruction_types(),
             **kwargs,
         )
 
     def reconstruction_types(self) -> tuple[type, ...]:
         """Types a driving session must not reach (this pipeline's encoder, lifter, tracker)."""
-        return tuple({type(getattr(self, kind)) for kind in RECONSTRUCTION_KINDS} | {Pipeline})
+        return tuple({type(getattr(self, KIND_INFO[kind].attribute)) for kind in RECONSTRUCTION_KINDS} | {Pipeline})
 
 
 def _version() -> str:
-    from gshead import __version__
+    from gshead.core.version import __version__
 
     return __version__
 

@@ -2,20 +2,23 @@
 
 How it works, in four steps (all on first use, never at import):
 1. a pluggy ``PluginManager`` for project ``gshead`` gets the hook specs (``hookspecs.py``);
-2. the built-in plugin modules (``gshead.plugins.BUILTIN_PLUGINS``) are registered;
+2. the built-in plugin modules (``DEFAULT_PLUGINS`` below: the registry owns that list, like
+   llm's) are imported and registered, exactly as a third-party plugin would be;
 3. third-party plugins are loaded from the entry-point group ``gshead``, unless
    ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD`` is set; ``GSHEAD_BLOCK_PLUGINS=a,b`` skips named ones
    (entry-point names or built-in module names). A plugin that fails to import is skipped
    with a warning naming it;
-4. each ``gshead_register_<kind>s`` hook is called with a ``register`` callback that records
-   ``(config class, factory)`` under the name in the config's ``name`` field. Two components
-   of one kind with one name is an error naming both sources.
+4. each ``gshead_register_<kind>s`` hook is called with a ``Register`` object (``register.add(
+   config_class, factory)``, or call it) that records the component under the name in the
+   config's ``name`` field. Two components of one kind with one name is an error naming both
+   sources.
 
 ``get_registry()`` returns the process-wide registry; tests build their own ``Registry``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import typing
@@ -25,13 +28,30 @@ from importlib import metadata
 import pluggy
 
 from gshead.core import hookspecs
-from gshead.core.components import KINDS, BuildContext, ComponentSpec, Kind
+from gshead.core.components import KIND_TABLE, KINDS, BuildContext, ComponentConfig, ComponentSpec, Kind, kind_info
 from gshead.core.errors import PluginError, UnknownComponentError
 
 ENV_DISABLE_AUTOLOAD = "GSHEAD_DISABLE_PLUGIN_AUTOLOAD"
 ENV_BLOCK = "GSHEAD_BLOCK_PLUGINS"
 ENTRY_POINT_GROUP = "gshead"
 BUILTIN_SOURCE = "gshead"
+
+DEFAULT_PLUGINS: tuple[str, ...] = tuple(
+    f"gshead.plugins.{plural}.{module}"
+    for plural, modules in (
+        ("headmodels", ("procedural", "anny_head", "flame")),
+        ("encoders", ("tiny_conv", "dinov2", "webssl")),
+        ("lifters", ("single_plane", "dual_plane", "mesh_anchored")),
+        ("drivers", ("mesh_bound", "expression_gaussians", "light_control")),
+        ("rasterizers", ("torch_tiles", "cpu", "gsplat", "auto")),
+        ("refiners", ("identity", "style_unet", "light_unet")),
+        ("trackers", ("frontal", "mediapipe", "file")),
+    )
+    for module in modules
+)
+"""The built-in plugin modules, one per component, imported on the registry's first query (never
+at import time) and registered like third-party plugins. Module ``gshead.plugins.<kind>s.<m>``
+registers the component whose YAML name is ``m`` with ``_`` read as ``-``."""
 
 
 class Registry:
@@ -45,16 +65,14 @@ class Registry:
         extra_plugins: typing.Sequence[tuple[str, object]] = (),
     ) -> None:
         """
-        :param builtin: module names of built-in plugins (default: ``BUILTIN_PLUGINS``).
+        :param builtin: module names of built-in plugins (default: ``DEFAULT_PLUGINS``).
         :param autoload: load entry-point plugins (default: unless ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD``).
         :param blocked: plugin names to skip (default: ``GSHEAD_BLOCK_PLUGINS``, comma-separated).
         :param extra_plugins: ``(source name, plugin object)`` pairs registered after the rest
             (tests use this to add a plugin module without installing it).
         """
         if builtin is None:
-            from gshead.plugins import BUILTIN_PLUGINS
-
-            builtin = BUILTIN_PLUGINS
+            builtin = DEFAULT_PLUGINS
         if autoload is None:
             autoload = not os.environ.get(ENV_DISABLE_AUTOLOAD)
         if blocked is None:
@@ -99,22 +117,23 @@ class Registry:
             self._add_plugin(plugin, source, source)
 
         specs: dict[Kind, dict[str, ComponentSpec]] = {kind: {} for kind in KINDS}
-        for kind in KINDS:
-            hook = getattr(self.plugin_manager.hook, hookspecs.HOOK_FOR_KIND[kind])
+        for info in KIND_TABLE:
+            hook = getattr(self.plugin_manager.hook, info.hook)
             # Call each implementation ourselves (in registration order, built-ins first) so
             # every component knows which plugin registered it.
             for impl in hook.get_hookimpls():
                 source = self._sources.get(impl.plugin_name, impl.plugin_name)
-                register = _Registrar(kind, source, specs[kind])
+                register = Register(info.kind, source, specs[info.kind])
                 try:
                     impl.function(register=register)
                 except PluginError:
                     raise
                 except Exception as exc:
                     raise PluginError(
-                        f"plugin {source!r} failed in {hookspecs.HOOK_FOR_KIND[kind]}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"plugin {source!r} failed in {info.hook}: {type(exc).__name__}: {exc}"
                     ) from exc
+                finally:
+                    register.close()
         self._specs = specs
         return specs
 
@@ -137,39 +156,73 @@ class Registry:
         """Every registered component, kinds in data-flow order."""
         return [spec for kind in KINDS for spec in self.components(kind).values()]
 
-    def build(self, kind: Kind, config, context: BuildContext):
-        """Build a component from its validated config."""
+    def build(self, kind: Kind, config: ComponentConfig, context: BuildContext) -> typing.Any:
+        """Build a component from its validated config. The context handed to the factory carries
+        this registry, so a component that composes others builds them here too."""
+        if context.registry is not self:
+            context = dataclasses.replace(context, registry=self)
         return self.get(kind, config.name).build(config, context)
 
 
-class _Registrar:
-    """The ``register`` callback handed to one plugin's hook for one kind."""
+class Register:
+    """What a ``gshead_register_<kind>s`` hook is given: the host's list of components of one
+    kind, open to that one plugin for the duration of the call (as tox 4's register objects).
+
+    ``register.add(MyEncoderConfig, MyEncoder)`` (or ``register(MyEncoderConfig, MyEncoder)``)
+    adds one component; ``register.kind`` says which kind the hook registers.
+    """
 
     def __init__(self, kind: Kind, source: str, into: dict[str, ComponentSpec]) -> None:
-        self.kind, self.source, self.into = kind, source, into
+        self._kind, self._source, self._into = kind, source, into
+        self._open = True
 
-    def __call__(self, config_class: type, factory: typing.Callable | None = None) -> None:
-        from gshead.core.config import BASE_FOR_KIND
+    @property
+    def kind(self) -> Kind:
+        """The kind of component this hook registers."""
+        return self._kind
 
-        base = BASE_FOR_KIND[self.kind]
+    @property
+    def source(self) -> str:
+        """The plugin (distribution) being registered, as ``gshead plugins`` shows it."""
+        return self._source
+
+    def close(self) -> None:
+        """End the registration call: a plugin that kept the object cannot add later."""
+        self._open = False
+
+    def __call__(self, config_class: type[ComponentConfig], factory: typing.Callable[..., typing.Any]) -> None:
+        """Same as ``add``."""
+        self.add(config_class, factory)
+
+    def add(self, config_class: type[ComponentConfig], factory: typing.Callable[..., typing.Any]) -> None:
+        """Add one component of this hook's kind.
+
+        :param config_class: a subclass of the kind's base config (``gshead.EncoderConfig``...)
+            whose ``name`` field is declared ``name: Literal['<name>'] = '<name>'``.
+        :param factory: ``factory(config, context: BuildContext)`` returns the built component;
+            usually the component class itself.
+        """
+        if not self._open:
+            raise PluginError(f"plugin {self._source!r} registered a {self._kind} after its hook returned")
+        base = kind_info(self._kind).base
         if not (isinstance(config_class, type) and issubclass(config_class, base)):
             raise PluginError(
-                f"plugin {self.source!r} registered {config_class!r} as a {self.kind}; "
+                f"plugin {self._source!r} registered {config_class!r} as a {self._kind}; "
                 f"expected a subclass of gshead.{base.__name__}"
             )
         name_field = config_class.model_fields.get("name")
         name = name_field.default if name_field is not None else None
         if not isinstance(name, str) or typing.get_args(name_field.annotation) != (name,):
             raise PluginError(
-                f"plugin {self.source!r}: {config_class.__name__}.name must be declared as "
+                f"plugin {self._source!r}: {config_class.__name__}.name must be declared as "
                 f"`name: Literal['<name>'] = '<name>'`"
             )
         if factory is None or not callable(factory):
-            raise PluginError(f"plugin {self.source!r}: {self.kind} {name!r} needs a callable factory")
-        if name in self.into:
-            other = self.into[name].source
-            raise PluginError(f"duplicate {self.kind} name {name!r}: registered by {other} and by {self.source}")
-        self.into[name] = ComponentSpec(self.kind, name, config_class, factory, self.source)
+            raise PluginError(f"plugin {self._source!r}: {self._kind} {name!r} needs a callable factory")
+        if name in self._into:
+            other = self._into[name].source
+            raise PluginError(f"duplicate {self._kind} name {name!r}: registered by {other} and by {self._source}")
+        self._into[name] = ComponentSpec(self._kind, name, config_class, factory, self._source)
 
 
 _REGISTRY: Registry | None = None

@@ -338,7 +338,7 @@ def dataset_writer(
     _prepare_root(root, overwrite)
     if clips_per_shard < 1:
         raise InputError(f"clips_per_shard {clips_per_shard}: expected at least 1")
-    from gshead.core.io import atomic_directory
+    from gshead.io.media import atomic_directory
 
     with atomic_directory(root) as temporary:
         builder = _DatasetBuilder(temporary, clips_per_shard)

@@ -480,8 +480,7 @@ class SyntheticHeads:
         by the person's), coloured by the albedo under ``lighting`` seen with the frame's head pose."""
         import roma
 
-        from gshead.core.geometry import face_frames
-        from gshead.plugins.drivers.mesh_bound import rotmat_to_wxyz
+        from gshead.core.geometry import face_frames, rotmat_to_quat
 
         b = params.batch_size
         params = params.replace(identity=person.identity.expand(b, -1))
@@ -494,7 +493,7 @@ class SyntheticHeads:
         corners = verts[:, faces[index]]  # [B, M, 3 corners, 3]
         means = (person.binding.barycentric[None, :, :, None] * corners).sum(2)  # [B, M, 3]
         frames = face_frames(verts, faces)[1]  # [B, F, 3, 3] columns: edge, in-plane, normal
-        quats = rotmat_to_wxyz(frames)[:, index]  # [B, M, 4]
+        quats = rotmat_to_quat(frames)[:, index]  # [B, M, 4] (w, x, y, z)
         head = roma.rotvec_to_rotmat(params.rotation.float())  # [B, 3, 3] head-to-world rotation
         normals = frames[..., 2] @ head.transpose(1, 2)  # [B, F, 3] face normals in world space
         lambert = (normals @ lighting.direction).clamp(min=0.0)[:, index]  # [B, M]

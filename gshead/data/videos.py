@@ -5,7 +5,7 @@ Layout (any mix of these)::
     FOLDER/<clip>.mp4   + FOLDER/<clip>.safetensors
     FOLDER/videos/<clip>.mp4  + FOLDER/sequences/<clip>.safetensors  (or tracks/<clip>.safetensors)
 
-A sequence (``gshead track``; ``gshead.core.sequence``) holds one row of head parameters and a
+A sequence (``gshead track``; ``gshead.io.sequence``) holds one row of head parameters and a
 camera per video frame, and from format version 2 the crop box each frame was tracked in. Frames
 are cropped with that box (the largest centred square when the sequence has none) and resized
 to S x S; cameras are rescaled to S. Frames flagged as having no face are never picked.
@@ -116,8 +116,8 @@ class _LoadedClip:
 
 
 def _load(clip: VideoClip) -> _LoadedClip:
-    from gshead.core.io import probe_video
-    from gshead.core.sequence import load_sequence
+    from gshead.io.media import probe_video
+    from gshead.io.sequence import load_sequence
 
     seq = load_sequence(clip.sequence)
     info = probe_video(clip.video)
@@ -141,7 +141,7 @@ def _box(clip: _LoadedClip, index: int) -> CropBox:
 
 def _read_frames(clip: _LoadedClip, indices: Sequence[int], size: int) -> Tensor:
     """Crops [K, 3, size, size] float in [0, 1] of video frames ``indices`` (any order, repeats allowed)."""
-    from gshead.core.io import crop_square, read_video
+    from gshead.io.media import crop_square, read_video
 
     wanted = set(indices)
     last = max(wanted)
@@ -292,7 +292,7 @@ def convert_video_folder(
 
     from tqdm import tqdm
 
-    from gshead.core.io import crop_square, read_video
+    from gshead.io.media import crop_square, read_video
     from gshead.data.format import Clip, dataset_writer
 
     if not 16 <= size <= 4096:

@@ -35,15 +35,19 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
+from gshead.core.components import LandmarkTracker
 from gshead.core.errors import InputError
 from gshead.core.types import HeadParams, ReenactmentSample
 from gshead.metrics import face as face_metrics
 from gshead.metrics.image import psnr, ssim, to_size
+
+if TYPE_CHECKING:
+    from gshead.core.pipeline import Pipeline
 
 ProtocolName = Literal["self", "cross"]
 
@@ -75,8 +79,9 @@ class MetricSuite:
     """The models metrics need beyond pixels; a ``None`` one skips its metrics (``skipped`` says why).
 
     ``lpips``: ``(output, target) -> [B]`` (``gshead.metrics.lpips.LPIPS``); ``identity``: an
-    ``IdentityEmbedder`` for CSIM; ``tracker``: a ``FaceTracker`` for AED/APD, and for AKD when it
-    also has ``detect_landmarks``. ``reasons`` overrides the default note of a missing model.
+    ``IdentityEmbedder`` for CSIM; ``tracker``: a ``FaceTracker`` for AED/APD (frames where a
+    ``LandmarkTracker`` finds no face are left out), and for AKD when it is also a
+    ``LandmarkDetector``. ``reasons`` overrides the default note of a missing model.
     """
 
     lpips: Callable[[Tensor, Tensor], Tensor] | None = None
@@ -116,7 +121,7 @@ class ProtocolResult:
 
 
 # ----------------------------------------------------------------------------------- running
-def reenact(pipeline, sample: ReenactmentSample, batch: int = 8) -> Tensor:
+def reenact(pipeline: Pipeline, sample: ReenactmentSample, batch: int = 8) -> Tensor:
     """Reconstruct from the sample's source and drive with its targets: images [T, 3, S, S].
 
     The source image is resized to the pipeline's ``source_size`` if it differs; frames are
@@ -146,17 +151,17 @@ def reenact(pipeline, sample: ReenactmentSample, batch: int = 8) -> Tensor:
     return torch.cat(frames).clamp(0, 1)
 
 
-def _track(tracker, images: Tensor) -> HeadParams:
+def _track(tracker: face_metrics.FaceTracker, images: Tensor) -> HeadParams:
     """Tracked parameters [B]; frames without a face are NaN (see ``face.mark_untracked``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no face in images [...]": counted in the table instead
-        if hasattr(tracker, "track_with_error"):
+        if isinstance(tracker, LandmarkTracker):
             tracked, error = tracker.track_with_error(images)
             return face_metrics.mark_untracked(tracked.params, torch.isfinite(error))
         return tracker.track(images).params
 
 
-def _landmarks(tracker, images: Tensor) -> Tensor:
+def _landmarks(tracker: face_metrics.LandmarkDetector, images: Tensor) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tracker.detect_landmarks(images, missing="nan")
@@ -231,7 +236,7 @@ def source_baseline(sample: ReenactmentSample) -> Tensor:
 
 
 def evaluate(
-    pipeline,
+    pipeline: Pipeline,
     samples: Iterable[ReenactmentSample],
     protocol: ProtocolName,
     suite: MetricSuite,
@@ -338,7 +343,7 @@ def write_results(
 ) -> list[Path]:
     """Write results.md, results.csv, results.json and per_frame.csv into ``out_dir`` (made if
     missing), each atomically; returns the paths."""
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -95,7 +95,7 @@ def depth_from_keys(keys) -> tuple[int, int, int, int]:
 def load_iresnet(path: str | Path) -> IResNet:
     """An ArcFace IResNet from a safetensors or ``.pth`` state dict (``weights_only=True``), in eval
     mode; ``AvatarFileError`` (one line) when the file is missing, unreadable or does not fit."""
-    from gshead.core.weights import read_state_dict
+    from gshead.io.weights import read_state_dict
 
     path = Path(path)
     state = read_state_dict(path, "identity-model file", "an ArcFace IResNet state dict (.pth or .safetensors)")

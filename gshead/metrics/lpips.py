@@ -93,7 +93,7 @@ def load_lin_weights(path: str | Path, layers: int = len(VGG16_CHANNELS)) -> lis
     """The lin weights ``lin0..lin{layers-1}`` [1, C, 1, 1] from an official ``vgg.pth`` (read
     with ``weights_only=True``) or a safetensors file with the same keys; ``AvatarFileError``
     (one line) when the file is missing, unreadable or lacks a layer."""
-    from gshead.core.weights import read_state_dict
+    from gshead.io.weights import read_state_dict
 
     path = Path(path)
     state = read_state_dict(path, "LPIPS lin-weights file", "the lpips package's vgg.pth (or the same keys in .safetensors)")

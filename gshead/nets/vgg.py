@@ -62,7 +62,7 @@ def load_vgg16(path: str | Path) -> VGG16Features:
     file is missing, unreadable, or does not hold VGG-16 features.
     """
     from gshead.core.errors import AvatarFileError
-    from gshead.core.weights import read_state_dict, state_dict_problems
+    from gshead.io.weights import read_state_dict, state_dict_problems
 
     path = Path(path)
     state = read_state_dict(path, "VGG-16 weights file", "torchvision's vgg16 state dict (.pth) or its features in .safetensors")

@@ -1,6 +1,6 @@
 """Training checkpoints: ``RUN/checkpoints/step-000123/{model.safetensors, state.pt}``.
 
-``model.safetensors`` is a pipeline-weights file (``gshead.core.weights``: tensors
+``model.safetensors`` is a pipeline-weights file (``gshead.io.weights``: tensors
 ``<slot>.<param>``, the pipeline config in its metadata), so ``gshead reconstruct --weights`` and
 ``TrainConfig.weights`` take it as it is. ``state.pt`` holds the rest of the training state --
 optimiser, scheduler, RNG states, step, bad-step count -- as tensors, numbers, strings, lists and
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from gshead.core.errors import AvatarFileError
+from gshead.io.weights import load_pipeline_weights
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -106,7 +107,7 @@ def _tuple(value):
 # ----------------------------------------------------------------------------------- writing
 def model_tensors(pipeline) -> dict[str, Tensor]:
     """``<slot>.<param>`` tensors of the pipeline's weighted slots (contiguous CPU copies)."""
-    from gshead.core.weights import WEIGHT_SLOTS
+    from gshead.io.weights import WEIGHT_SLOTS
 
     out: dict[str, Tensor] = {}
     for slot in WEIGHT_SLOTS:
@@ -119,7 +120,7 @@ def model_tensors(pipeline) -> dict[str, Tensor]:
 
 def _model_metadata(pipeline) -> dict[str, str]:
     from gshead.core.config import dump_pipeline
-    from gshead.core.weights import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION
+    from gshead.io.weights import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION
 
     return {
         "format": WEIGHTS_FORMAT,
@@ -137,7 +138,7 @@ def save_checkpoint(directory: str | Path, step: int, pipeline, state: dict[str,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / step_dir_name(step)
-    from gshead.core.io import atomic_directory
+    from gshead.io.media import atomic_directory
 
     with atomic_directory(final) as partial:
         save_file(model_tensors(pipeline), str(partial / MODEL_FILE), metadata=_model_metadata(pipeline))
@@ -212,4 +213,4 @@ def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def load_model(checkpoint: Checkpoint, pipeline) -> None:
     """Load a checkpoint's model tensors into ``pipeline`` (strict; one-line error on mismatch)."""
-    pipeline.load_weights(checkpoint.model)
+    load_pipeline_weights(pipeline, checkpoint.model)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gshead.core.errors import ConfigError
+from gshead.io.weights import load_pipeline_weights
 
 
 class _Strict(BaseModel):
@@ -183,5 +184,5 @@ def build_pipeline(config: TrainConfig, registry=None):
     else:
         pipeline = Pipeline.from_yaml(spec, registry)
     if config.weights is not None:
-        pipeline.load_weights(config.weights)
+        load_pipeline_weights(pipeline, config.weights)
     return pipeline

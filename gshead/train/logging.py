@@ -53,7 +53,7 @@ def write_png(path: Path, image: Tensor) -> None:
     import numpy as np
     from PIL import Image
 
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     with atomic_output(path) as tmp:
@@ -122,7 +122,7 @@ class RunLogger:
         if not rows:
             return
         kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
-        from gshead.core.io import atomic_output
+        from gshead.io.media import atomic_output
 
         with atomic_output(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)

@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 from typing import Literal
 
+import pydantic
 import pytest
 import yaml
 
@@ -126,6 +127,6 @@ def test_schema_is_a_discriminated_union_with_field_docs(two_encoders):
 
 def test_configs_are_frozen(registry):
     config = validate_pipeline(tiny_pipeline(), registry)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.encoder.channels = 3  # type: ignore[misc]
     assert yaml.safe_load(default_pipeline_path().read_text())["encoder"]["name"] == config.encoder.name

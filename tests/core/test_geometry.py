@@ -1,4 +1,5 @@
-"""Triangle frames and binding points to a mesh: round trip, exactness, rigid invariance."""
+"""The shared conventions (quaternions, projection, view direction, harmonic code, square crops)
+and binding points to a mesh: round trip, exactness, rigid invariance."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ from gshead.core.errors import ShapeError
 from gshead.core.geometry import (
     _closest_on_triangles,
     bind_to_mesh,
+    crop_square,
     face_frames,
+    harmonic_encoding,
     posed_frames,
     posed_points,
     posed_rotations,
+    project_points,
+    quat_multiply,
+    quat_to_rotmat,
+    quat_wxyz_to_xyzw,
+    quat_xyzw_to_wxyz,
+    rotmat_to_quat,
+    view_direction,
 )
+from gshead.core.types import Camera, CropBox
 from gshead.plugins.headmodels.procedural import ProceduralHeadConfig, ProceduralHeadModel
 
 
@@ -160,3 +171,109 @@ def test_shape_errors(mesh):
         face_frames(torch.zeros(1, 2, 5, 3), faces)
     with pytest.raises(ShapeError, match="faces: indices"):
         posed_points(bind_to_mesh(verts[:3], verts, faces), verts[None, :10], faces)
+
+
+# -- quaternions (w, x, y, z) ---------------------------------------------------------------------
+def _random_quats(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_quaternion_order_swaps_are_inverse_and_match_roma():
+    q = _random_quats(20)
+    xyzw = quat_wxyz_to_xyzw(q)
+    assert torch.equal(xyzw[:, 3], q[:, 0]) and torch.equal(xyzw[:, :3], q[:, 1:])
+    assert torch.equal(quat_xyzw_to_wxyz(xyzw), q)
+    assert torch.equal(
+        quat_wxyz_to_xyzw(torch.tensor([1.0, 0.0, 0.0, 0.0])), torch.tensor([0.0, 0.0, 0.0, 1.0])
+    )
+    assert quat_wxyz_to_xyzw(q.reshape(4, 5, 4)).shape == (4, 5, 4)  # any leading shape
+
+
+def test_quat_to_rotmat_takes_any_norm_and_matches_roma():
+    q = _random_quats(50, seed=1)
+    rot = quat_to_rotmat(q)
+    want = roma.unitquat_to_rotmat(quat_wxyz_to_xyzw(torch.nn.functional.normalize(q, dim=-1)))
+    torch.testing.assert_close(rot, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(quat_to_rotmat(3.5 * q), rot, rtol=0, atol=1e-12)  # the norm does not matter
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(50, dtype=rot.dtype))
+    assert torch.equal(quat_to_rotmat(torch.tensor([1.0, 0.0, 0.0, 0.0])), torch.eye(3))
+    # (w, x, y, z) = (cos 45°, 0, 0, sin 45°): a quarter turn about z takes x to y
+    quarter = torch.tensor([2**-0.5, 0.0, 0.0, 2**-0.5], dtype=torch.float64)
+    torch.testing.assert_close(quat_to_rotmat(quarter) @ torch.tensor([1.0, 0, 0], dtype=torch.float64),
+                               torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))  # fmt: skip
+
+
+def test_rotmat_to_quat_inverts_quat_to_rotmat_up_to_sign():
+    q = torch.nn.functional.normalize(_random_quats(50, seed=2), dim=-1)
+    back = rotmat_to_quat(quat_to_rotmat(q))
+    assert back.shape == q.shape
+    torch.testing.assert_close((back * q).sum(-1).abs(), torch.ones(50, dtype=q.dtype))  # q and -q agree
+    torch.testing.assert_close(quat_to_rotmat(back), quat_to_rotmat(q))
+    assert torch.allclose(rotmat_to_quat(torch.eye(3)).abs(), torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_quat_multiply_composes_rotations():
+    a, b = _random_quats(30, seed=3), _random_quats(30, seed=4)
+    product = quat_multiply(a, b)
+    torch.testing.assert_close(quat_to_rotmat(product), quat_to_rotmat(a) @ quat_to_rotmat(b))  # b, then a
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(quat_multiply(identity, b), b)  # broadcasts
+    want = quat_xyzw_to_wxyz(roma.quat_product(quat_wxyz_to_xyzw(a), quat_wxyz_to_xyzw(b)))
+    torch.testing.assert_close(product, want)
+
+
+# -- cameras --------------------------------------------------------------------------------------
+def test_project_points_follows_the_pinhole():
+    camera = Camera.frontal(2.0, 40.0, 64, 48, batch_size=2)
+    k = camera.intrinsics[0]
+    points = torch.tensor([[[0.0, 0.0, 0.0], [0.1, 0.2, 0.5]]]).expand(2, -1, -1)
+    pixels = project_points(points, camera)
+    assert pixels.shape == (2, 2, 2)
+    torch.testing.assert_close(pixels[:, 0], k[:2, 2].expand(2, 2))  # the origin is on the optical axis
+    # world (x, y, z) -> camera (x, -y, 2 - z): y up in the world is y down in the image
+    z = 2.0 - 0.5
+    want = torch.stack([k[0, 0] * 0.1 / z + k[0, 2], k[1, 1] * -0.2 / z + k[1, 2]])
+    torch.testing.assert_close(pixels[0, 1], want)
+    on_the_camera_plane = project_points(torch.tensor([[[0.1, 0.0, 2.0]]]), Camera.frontal(2.0, 40.0, 64, 48))
+    assert torch.isfinite(on_the_camera_plane).all()  # depth clamped: no division by zero
+
+
+def test_view_direction_points_from_the_origin_to_the_camera():
+    camera = Camera.frontal(3.0, 30.0, 32, 32)
+    torch.testing.assert_close(view_direction(camera), torch.tensor([[0.0, 0.0, 1.0]]))
+    turn = torch.eye(4)
+    turn[:3, :3] = roma.rotvec_to_rotmat(torch.tensor([0.0, 0.3, 0.0]))
+    turned = Camera(camera.world_to_camera @ turn, camera.intrinsics, camera.width, camera.height)
+    centre = torch.linalg.inv(turned.world_to_camera)[:, :3, 3]  # the camera sits on its optical axis here
+    torch.testing.assert_close(view_direction(turned), torch.nn.functional.normalize(centre, dim=-1))
+    assert torch.allclose(view_direction(turned).norm(dim=-1), torch.ones(1))
+
+
+# -- harmonic code --------------------------------------------------------------------------------
+def test_harmonic_encoding_layout():
+    x = torch.tensor([[0.3, -1.2, 2.0]])
+    code = harmonic_encoding(x, 4)
+    assert code.shape == (1, 3 * (1 + 2 * 4))
+    torch.testing.assert_close(code[:, :3], x)
+    for k in range(4):
+        torch.testing.assert_close(code[:, 3 + 6 * k : 6 + 6 * k], torch.sin(x * 2**k))
+        torch.testing.assert_close(code[:, 6 + 6 * k : 9 + 6 * k], torch.cos(x * 2**k))
+    assert torch.equal(harmonic_encoding(x, 0), x)
+    with pytest.raises(TypeError):
+        harmonic_encoding(x)  # type: ignore[call-arg]  # the number of frequencies is always explicit
+
+
+# -- square crops ---------------------------------------------------------------------------------
+def test_crop_square_crops_pads_black_and_resizes():
+    image = torch.arange(100.0).view(1, 1, 10, 10) / 100
+    inside = crop_square(image, CropBox(2, 3, 4), 4)
+    assert torch.equal(inside, image[:, :, 3:7, 2:6])
+    padded = crop_square(torch.ones(1, 3, 10, 10), CropBox(-5, 0, 10), 10)
+    assert torch.equal(padded[..., :5], torch.zeros(1, 3, 10, 5))  # black past the left border
+    assert torch.equal(padded[..., 5:], torch.ones(1, 3, 10, 5))
+    resized = crop_square(torch.rand(2, 3, 10, 10), CropBox(0, 0, 10), 5)
+    assert resized.shape == (2, 3, 5, 5) and resized.min() >= 0 and resized.max() <= 1
+    with pytest.raises(ShapeError, match="image batch"):
+        crop_square(torch.zeros(3, 10, 10), CropBox(0, 0, 4), 4)
+    with pytest.raises(ShapeError, match="positive"):
+        crop_square(image, CropBox(0, 0, 4), 0)

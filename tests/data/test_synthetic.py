@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gshead.core.geometry import posed_points, posed_rotations
+from gshead.core.geometry import posed_points, posed_rotations, rotmat_to_quat
 from gshead.data import write_synthetic_dataset
 from gshead.data.synthetic import Lighting, SyntheticHeads, sample_lighting
-from gshead.plugins.drivers.mesh_bound import rotmat_to_wxyz
 
 SIZE = 48
 
@@ -128,7 +127,7 @@ def test_gaussians_ride_on_the_mesh_like_posed_points(heads):
     verts = heads.model(params.replace(identity=person.identity.expand(2, -1))).vertices
     expected = posed_points(person.binding, verts, heads.model.faces)
     torch.testing.assert_close(gaussians.means, expected, atol=1e-6, rtol=0)
-    rot = rotmat_to_wxyz(posed_rotations(person.binding, verts, heads.model.faces))
+    rot = rotmat_to_quat(posed_rotations(person.binding, verts, heads.model.faces))
     same = (gaussians.quats * rot).sum(-1).abs()  # q and -q are the same rotation
     assert same.min() > 1 - 1e-5
     assert gaussians.features.min() >= 0 and gaussians.features.max() <= 1

@@ -9,8 +9,8 @@ import torch
 
 from gshead.cli import main
 from gshead.core.errors import InputError
-from gshead.core.io import VideoWriter
-from gshead.core.sequence import TrackedSequence, save_sequence
+from gshead.io.media import VideoWriter
+from gshead.io.sequence import TrackedSequence, save_sequence
 from gshead.core.types import Camera, HeadParams
 from gshead.data import ReenactmentDataset
 from gshead.data.videos import VideoClipDataset, convert_video_folder, find_clips, identity_key

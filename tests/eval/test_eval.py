@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from gshead.core.components import LandmarkTracker
 from gshead.core.errors import InputError
 from gshead.core.pipeline import Pipeline
 from gshead.core.types import Camera, HeadParams, ReenactmentSample, Tracked
@@ -211,6 +212,32 @@ def test_identical_output_caps_psnr_and_lost_faces_are_counted(pipeline):
     assert per[0]["SSIM"][0].item() == pytest.approx(1.0, abs=1e-5)
     assert result.counts["AKD"] == 1 and result.counts["PSNR"] == 2
     assert any("1 of 2 frames had no face" in n for n in result.notes)
+
+
+class PlainTracker:
+    """Only ``track``: FakeTracker's parameters, but no fit errors and no landmarks."""
+
+    def track(self, images):
+        return FakeTracker().track_with_error(images)[0]
+
+
+def test_a_tracker_without_fit_errors_or_landmarks_scores_every_frame(pipeline):
+    smp = _sample(pipeline, 4, frames=2)
+    out = reenact(pipeline, smp)
+    smp = smp.replace(target_images=torch.cat([out[:1], torch.zeros_like(out[:1])]))  # frame 1: "no face"
+    plain = PlainTracker()
+    assert not isinstance(plain, LandmarkTracker) and not isinstance(plain, face_metrics.LandmarkDetector)
+    assert isinstance(FakeTracker(), LandmarkTracker)
+    suite = MetricSuite(tracker=plain)
+    assert "AKD" in suite.skipped() and "APD" not in suite.skipped()
+    result, per = evaluate(pipeline, [smp], "self", suite)
+    # Without track_with_error nothing marks a frame as lost: both frames are scored.
+    assert result.counts["APD"] == 2 and result.counts["AED"] == 2 and "AKD" not in per[0]
+    assert result.means["AKD"] is None
+    assert any(n.startswith("AKD skipped") and "detects no 2D landmarks" in n for n in result.notes)
+    # The same frames with fit errors: the face-less frame is left out.
+    marked, _ = evaluate(pipeline, [smp], "self", MetricSuite(tracker=FakeTracker()))
+    assert marked.counts["APD"] == 1 and marked.counts["AED"] == 1
 
 
 def test_mismatched_head_parameters_are_an_input_error(pipeline):

@@ -13,15 +13,14 @@ import torch
 
 from gshead.core.components import BuildContext
 from gshead.core.config import load_pipeline
-from gshead.core.geometry import posed_points
+from gshead.core.geometry import posed_points, project_points, view_direction
 from gshead.core.pipeline import Pipeline
+from gshead.core.registry import DEFAULT_PLUGINS as BUILTIN_PLUGINS
 from gshead.core.registry import Registry
 from gshead.core.types import Camera, FeatureMaps, HeadParams, Render
-from gshead.plugins import BUILTIN_PLUGINS
 from gshead.plugins.drivers.expression_gaussians import ExpressionGaussiansConfig, vertex_binding
-from gshead.plugins.drivers.mesh_bound import project
-from gshead.plugins.lifters.dpt import DPTHead, branch_levels
-from gshead.plugins.lifters.dual_plane import DualPlaneConfig, DualPlaneLifter, plane_points, view_direction
+from gshead.plugins.lifters._dpt import DPTHead, branch_levels
+from gshead.plugins.lifters.dual_plane import DualPlaneConfig, DualPlaneLifter, plane_points
 from gshead.plugins.refiners.style_unet import StyleUNetConfig, StyleUNetRefiner
 from gshead.testing import (
     check_component,
@@ -142,7 +141,7 @@ def test_dual_plane_on_the_plane_projects_onto_the_pixel_grid():
     steps = torch.arange(s) + 0.5
     jj, ii = torch.meshgrid(steps, steps, indexing="ij")
     expected = torch.stack([ii * 32 / s, jj * 24 / s], -1).reshape(1, -1, 2)
-    assert torch.allclose(project(front, camera), expected, atol=1e-3)
+    assert torch.allclose(project_points(front, camera), expected, atol=1e-3)
 
 
 def test_dual_plane_front_and_back_layers_on_opposite_sides():

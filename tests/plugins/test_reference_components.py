@@ -144,11 +144,11 @@ def test_untrained_lifter_reproduces_the_source(oblique):
 
 def test_untrained_lifter_renders_back_to_the_source():
     """With the reference rasterizer (when present), the untrained avatar looks like the portrait."""
-    tiles = pytest.importorskip("gshead.plugins.renderers.torch_tiles")
+    tiles = pytest.importorskip("gshead.plugins.rasterizers.torch_tiles")
     rasterize = getattr(tiles, "rasterize_tiles", None)
     if rasterize is None:
         pytest.skip("torch_tiles.rasterize_tiles is not available")
-    from gshead.core.io import read_image, square_resize
+    from gshead.io.media import read_image, square_resize
 
     image = square_resize(read_image("example:astronaut"), 64)
     encoder = _encoder(channels=8)
@@ -284,8 +284,13 @@ def test_frontal_tracker_defaults_and_validation():
 def test_each_module_registers_one_component(module, hook, name):
     import importlib
 
-    calls = []
-    getattr(importlib.import_module(module), hook)(lambda config, factory: calls.append((config, factory)))
+    from gshead.core.components import KIND_TABLE
+    from gshead.core.registry import Register
+
+    into: dict = {}
+    kind = next(info.kind for info in KIND_TABLE if info.hook == hook)
+    getattr(importlib.import_module(module), hook)(Register(kind, "test", into))
+    calls = [(spec.config_class, spec.factory) for spec in into.values()]
     assert len(calls) == 1
     config_class, factory = calls[0]
     assert config_class().name == name

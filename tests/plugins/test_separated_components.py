@@ -7,15 +7,17 @@ import copy
 import pytest
 import torch
 
+from gshead.core.config import validate_pipeline
 from gshead.core.errors import ConfigError
-from gshead.core.geometry import bind_to_mesh, posed_points
+from gshead.core.geometry import bind_to_mesh, posed_points, project_points
 from gshead.core.pipeline import Pipeline
+from gshead.core.registry import DEFAULT_PLUGINS as BUILTIN_PLUGINS
 from gshead.core.registry import Registry
 from gshead.core.types import Render
-from gshead.plugins import BUILTIN_PLUGINS
+from gshead.plugins._shared.face_motion import expression_groups
+from gshead.plugins._shared.surface import sample_at
 from gshead.plugins.drivers.light_control import LightControlConfig
-from gshead.plugins.drivers.mesh_bound import project, sample_at
-from gshead.plugins.lifters.mesh_anchored import expression_groups, neutral_face
+from gshead.plugins.lifters.mesh_anchored import MeshAnchoredConfig, neutral_face
 from gshead.plugins.refiners.light_unet import LightUNetConfig, LightUNetRefiner
 from gshead.testing import (
     check_component,
@@ -74,7 +76,7 @@ def test_static_anchors_lie_on_the_source_mesh_and_take_its_colour(built):
     anchors = MeshBinding(pipe.lifter.face_index, pipe.lifter.barycentric, torch.zeros(pipe.lifter.count, 3))
     view = avatar.camera.moved(source.pose_matrix())
     seen = posed_points(anchors, hm(source).vertices, hm.faces)
-    rgb = sample_at(image, project(seen, view), view.width, view.height)
+    rgb = sample_at(image, project_points(seen, view), view.width, view.height)
     assert torch.allclose(avatar.static.features[..., :3], rgb.clamp(0, 1), atol=1e-5)
 
 
@@ -177,6 +179,37 @@ def test_control_network_parameter_budget(built):
         Pipeline.from_dict(
             tiny_pipeline(headmodel=HEAD, driver={**DRIVER, "max_control_parameters": 1000}), REGISTRY
         )
+
+
+def test_motion_threshold_is_one_value_for_lifter_and_driver():
+    assert MeshAnchoredConfig.pipeline_shared == ("motion_threshold",)
+    assert LightControlConfig.pipeline_shared == ("motion_threshold",)
+    for doc in (MeshAnchoredConfig, LightControlConfig):
+        assert "Shared" in doc.model_fields["motion_threshold"].description
+    same = tiny_pipeline(
+        headmodel=HEAD,
+        lifter={**LIFTER, "motion_threshold": 0.02},
+        driver={**DRIVER, "motion_threshold": 0.02},
+    )
+    config = validate_pipeline(same, REGISTRY)
+    assert config.lifter.motion_threshold == config.driver.motion_threshold == 0.02
+    for lifter_value in (0.02, None):  # None (every triangle static) would duplicate the moving ones
+        apart = tiny_pipeline(
+            headmodel=HEAD,
+            lifter={**LIFTER, "motion_threshold": lifter_value},
+            driver={**DRIVER, "motion_threshold": 0.01},
+        )
+        with pytest.raises(ConfigError, match="lifter.motion_threshold") as info:
+            validate_pipeline(apart, REGISTRY)
+        assert "driver.motion_threshold" in str(info.value)
+    # a lifter threshold of None is fine with a driver that has no threshold
+    alone = validate_pipeline(
+        tiny_pipeline(
+            headmodel=HEAD, lifter={**LIFTER, "motion_threshold": None}, driver={"name": "mesh-bound"}
+        ),
+        REGISTRY,
+    )
+    assert alone.lifter.motion_threshold is None
 
 
 def test_lifter_and_driver_contracts():

@@ -3,11 +3,12 @@
 At reconstruction (``prepare``, once): every vertex ``v`` has a learned code ``head_base[v]``
 [V, code]; it is concatenated with the encoder's global token (GAGAvatar: the 768-d CLS token)
 and passed through an MLP (``feature_layers``: Linear + ReLU, ``layers`` times; GAGAvatar
-1024 -> 256 x 4). The harmonic code of the source view direction (27 values, the same as the
-``dual-plane`` lifter's) is appended, and four small heads (Linear, ReLU, Linear) predict the
-Gaussian's ``C`` feature channels (0..2 RGB through a sigmoid, the rest linear), opacity
-(sigmoid), scale (sigmoid x ``max_scale``, metres: GAGAvatar's 0.05 in FLAME x 5 units is 0.01 m)
-and rotation (normalised quaternion). None of this depends on the expression, so it runs once.
+1024 -> 256 x 4). The harmonic code of the source view direction (27 values: ``direction_code``
+from ``gshead.plugins._shared.direction_code``, the same as the ``dual-plane`` lifter's) is
+appended, and four small heads (Linear, ReLU, Linear) predict the Gaussian's ``C`` feature
+channels (0..2 RGB through a sigmoid, the rest linear), opacity (sigmoid), scale (sigmoid x
+``max_scale``, metres: GAGAvatar's 0.05 in FLAME x 5 units is 0.01 m) and rotation (normalised
+quaternion). None of this depends on the expression, so it runs once.
 
 Binding: Gaussian ``v`` rides on vertex ``v`` as a corner of one incident triangle (the largest
 one on the template): one-hot barycentric weights, zero offset, so its position is the driven
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import roma
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -52,11 +52,10 @@ from torch import Tensor, nn
 from gshead.core.components import BuildContext
 from gshead.core.config import DriverConfig
 from gshead.core.errors import ShapeError
-from gshead.core.geometry import bind_to_mesh, posed_frames
+from gshead.core.geometry import bind_to_mesh, posed_frames, quat_to_rotmat, rotmat_to_quat, view_direction
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Avatar, Camera, FeatureMaps, Gaussians, HeadParams, MeshBinding, Rig
-from gshead.plugins.drivers.mesh_bound import rotmat_to_wxyz
-from gshead.plugins.lifters.dual_plane import DIRECTION_CODE, harmonic_encoding, view_direction
+from gshead.plugins._shared.direction_code import DIRECTION_CODE, direction_code
 
 
 class ExpressionGaussiansConfig(DriverConfig):
@@ -152,7 +151,7 @@ class ExpressionGaussiansDriver(nn.Module):
         v = self.head_base.shape[0]
         token = global_token.to(self.head_base.dtype).expand(v, -1)  # [V, G]
         x = self.feature_layers(torch.cat([self.head_base, token], dim=-1))  # [V, hidden]
-        code = harmonic_encoding(direction.to(x.dtype)).expand(v, -1)  # [V, 27]
+        code = direction_code(direction.to(x.dtype)).expand(v, -1)  # [V, 27]
         x = torch.cat([x, code], dim=-1)
         feats = self.color_layers(x)  # [V, C]
         return Gaussians(
@@ -177,10 +176,8 @@ class ExpressionGaussiansDriver(nn.Module):
         g = self.attributes(features.global_token, view_direction(camera.expand(1)))
         verts = hm(source).vertices  # [1, V, 3] the source mesh
         means, rest = posed_frames(self.binding, verts, hm.faces)  # [1, V, 3], [1, V, 3, 3]
-        world = roma.unitquat_to_rotmat(
-            torch.cat([g.quats[..., 1:], g.quats[..., :1]], dim=-1)
-        )  # [1, V, 3, 3]
-        local = rotmat_to_wxyz(rest.to(world.dtype).transpose(-1, -2) @ world)  # in the triangle's frame
+        world = quat_to_rotmat(g.quats)  # [1, V, 3, 3]
+        local = rotmat_to_quat(rest.to(world.dtype).transpose(-1, -2) @ world)  # in the triangle's frame
         dynamic = g.replace(means=means.to(g.means.dtype), quats=local)
         return Rig(dynamic=dynamic, binding=self.binding, latent=torch.zeros(1, 0))
 
@@ -191,13 +188,13 @@ class ExpressionGaussiansDriver(nn.Module):
         means, frames = posed_frames(rig.binding, verts, hm.faces)  # [B, V, 3], [B, V, 3, 3]
         d = rig.dynamic
         q = d.quats  # [1, V, 4] (w, x, y, z) in each triangle's frame
-        local = roma.unitquat_to_rotmat(torch.cat([q[..., 1:], q[..., :1]], dim=-1))  # [1, V, 3, 3]
-        return d.moved(means, rotmat_to_wxyz(frames @ local.to(frames.dtype)))
+        local = quat_to_rotmat(q)  # [1, V, 3, 3]
+        return d.moved(means, rotmat_to_quat(frames @ local.to(frames.dtype)))
 
 
 @hookimpl
 def gshead_register_drivers(register) -> None:
-    register(ExpressionGaussiansConfig, ExpressionGaussiansDriver)
+    register.add(ExpressionGaussiansConfig, ExpressionGaussiansDriver)
 
 
 __all__ = ["ExpressionGaussiansConfig", "ExpressionGaussiansDriver", "vertex_binding"]

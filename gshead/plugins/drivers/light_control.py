@@ -2,16 +2,18 @@
 
 The reenactment half of the reconstruction/reenactment separated method (``mesh-anchored`` makes
 the static half). Which triangles are dynamic, and which of three regions each belongs to, is a
-property of the head model alone, computed once when the driver is built (``face_motion``): a
-triangle is dynamic when the eye, jaw or expression probes move it by more than
-``motion_threshold`` of the head's size, and its region (eyes, mouth, rest) is the probe group that
-moves it most. So it works for any head model, whatever its vertex count or naming.
+property of the head model alone, computed once when the driver is built (``face_motion`` of
+``gshead.plugins._shared.face_motion``, the table the lifter reads too): a triangle is dynamic when
+the eye, jaw or expression probes move it by more than ``motion_threshold`` of the head's size, and
+its region (eyes, mouth, rest) is the probe group that moves it most. So it works for any head
+model, whatever its vertex count or naming.
 
 ``prepare`` (once, at reconstruction) puts ``anchors_per_face`` seeded points on every dynamic
 triangle of the source mesh and predicts their attributes from the sampled encoder features
-exactly as ``mesh-anchored`` does (same ``AnchorHead``), plus a per-Gaussian latent code of
-``code_dim`` channels from extra rows of that head's output layer: its size is fixed by the config,
-never by the encoder. The ``Rig`` stores
+exactly as ``mesh-anchored`` does (the same ``AnchorHead`` and ``surface_gaussians``, from
+``gshead.plugins._shared.surface``), plus a per-Gaussian latent code of ``code_dim`` channels from
+extra rows of that head's output layer: its size is fixed by the config, never by the encoder.
+The ``Rig`` stores
 
 - ``dynamic``: the Gaussians at rest on the source mesh; ``quats`` are rotations *in the triangle's
   frame* (the binding frame), composed with the posed frame every frame;
@@ -50,17 +52,13 @@ from torch import Tensor, nn
 from gshead.core.components import BuildContext
 from gshead.core.config import DriverConfig
 from gshead.core.errors import ConfigError, ShapeError
-from gshead.core.geometry import posed_frames
+from gshead.core.geometry import posed_frames, quat_to_rotmat, rotmat_to_quat
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Avatar, Camera, FeatureMaps, Gaussians, HeadParams, Rig
-from gshead.plugins.drivers.mesh_bound import rotmat_to_wxyz
-from gshead.plugins.lifters.mesh_anchored import (
-    GROUP_NAMES,
+from gshead.plugins._shared.face_motion import GROUP_NAMES, expression_groups, face_motion
+from gshead.plugins._shared.surface import (
     AnchorHead,
     SurfaceGaussianSettings,
-    expression_groups,
-    face_motion,
-    quat_wxyz_to_rotmat,
     seeded_anchors,
     surface_gaussians,
 )
@@ -70,13 +68,16 @@ class LightControlConfig(DriverConfig, SurfaceGaussianSettings):
     """Dynamic Gaussians on the moving triangles, posed by the mesh plus three ultra-light control heads."""
 
     test_fields: ClassVar[dict[str, Any]] = {"anchors_per_face": 1}
+    pipeline_shared: ClassVar[tuple[str, ...]] = ("motion_threshold",)
 
     name: Literal["light-control"] = "light-control"
     anchors_per_face: int = Field(2, ge=1, le=64)
     """Dynamic Gaussians per moving triangle: the centroid plus seeded uniform points."""
     motion_threshold: float = Field(0.01, gt=0.0)
-    """Triangles moving more than this fraction of the head's size under the probes are dynamic
-    (keep equal to the lifter's)."""
+    """Triangles moving more than this fraction of the head's size under the probes are dynamic.
+    Shared with the lifter's ``motion_threshold`` (``mesh-anchored``): the pipeline refuses two
+    different values, so static and dynamic Gaussians partition the mesh; the lifter's null
+    (every triangle static) is refused next to this driver."""
     hidden: int = Field(64, ge=4, le=1024)
     """Width of the per-anchor MLP that predicts attributes and codes at reconstruction."""
     code_dim: int = Field(16, ge=0, le=256)
@@ -180,7 +181,7 @@ class LightControlDriver(nn.Module):
             self.anchor_head, features, camera, self.face_index, self.barycentric, verts, verts, hm.faces,
             c.anchors_per_face, c.size, c.thickness, c.max_offset, c.max_log_scale,
         )  # fmt: skip
-        dynamic = gaussians.replace(quats=rotmat_to_wxyz(local_rot))  # rotations in the binding frame
+        dynamic = gaussians.replace(quats=rotmat_to_quat(local_rot))  # rotations in the binding frame
         return Rig(dynamic=dynamic, binding=binding, latent=code.reshape(1, -1))
 
     def regions(self, avatar: Avatar) -> Tensor:
@@ -214,14 +215,14 @@ class LightControlDriver(nn.Module):
         verts = hm(params).vertices  # [B, V, 3]
         points, rot = posed_frames(rig.binding, verts, hm.faces)  # [B, M, 3], [B, M, 3, 3]
         means = points + (rot @ self.offsets(avatar, params)[..., None])[..., 0]
-        local = quat_wxyz_to_rotmat(rig.dynamic.quats)  # [1, M, 3, 3]
+        local = quat_to_rotmat(rig.dynamic.quats)  # [1, M, 3, 3]
         d = rig.dynamic
-        return d.moved(means, rotmat_to_wxyz(rot @ local))
+        return d.moved(means, rotmat_to_quat(rot @ local))
 
 
 @hookimpl
 def gshead_register_drivers(register) -> None:
-    register(LightControlConfig, LightControlDriver)
+    register.add(LightControlConfig, LightControlDriver)
 
 
 __all__ = ["ControlHead", "LightControlConfig", "LightControlDriver"]

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-import roma
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from gshead.core.components import BuildContext
 from gshead.core.config import DriverConfig
-from gshead.core.geometry import posed_frames
+from gshead.core.geometry import posed_frames, project_points, rotmat_to_quat
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Avatar, Camera, FeatureMaps, Gaussians, HeadParams, MeshBinding, Rig
+from gshead.plugins._shared.surface import sample_at, seeded_anchors
 
 
 class MeshBoundConfig(DriverConfig):
@@ -38,27 +37,6 @@ class MeshBoundConfig(DriverConfig):
     """Standard deviation along the normal, as a fraction of the in-plane one."""
     opacity: float = Field(0.95, gt=0, lt=1)
     """Opacity of every driven Gaussian."""
-
-
-def rotmat_to_wxyz(rotations: Tensor) -> Tensor:
-    """[..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z)."""
-    xyzw = roma.rotmat_to_unitquat(rotations)
-    return torch.cat([xyzw[..., 3:], xyzw[..., :3]], dim=-1)
-
-
-def project(points: Tensor, camera: Camera) -> Tensor:
-    """World points [B, M, 3] -> pixel coordinates [B, M, 2] (OpenCV pinhole)."""
-    cam = points @ camera.world_to_camera[:, :3, :3].transpose(1, 2) + camera.world_to_camera[:, None, :3, 3]
-    uvw = cam @ camera.intrinsics.transpose(1, 2)
-    return uvw[..., :2] / uvw[..., 2:].clamp(min=1e-6)
-
-
-def sample_at(image: Tensor, pixels: Tensor, width: int, height: int) -> Tensor:
-    """Bilinear samples of ``image`` [B, C, h, w] at ``pixels`` [B, M, 2] given in a width x height
-    image's pixel units -> [B, M, C]."""
-    grid = torch.stack([pixels[..., 0] / width * 2 - 1, pixels[..., 1] / height * 2 - 1], dim=-1)
-    out = F.grid_sample(image, grid[:, None], mode="bilinear", padding_mode="border", align_corners=False)
-    return out[:, :, 0].transpose(1, 2)
 
 
 class MeshBoundDriver(nn.Module):
@@ -76,20 +54,9 @@ class MeshBoundDriver(nn.Module):
         self.extra_features = nn.Linear(context.encoder_channels[0], extra) if extra > 0 else None
 
     def _anchors(self, faces: int) -> tuple[Tensor, Tensor]:
-        """Face index [M] and barycentric weights [M, 3] of the bound points (deterministic)."""
-        k = self.config.gaussians_per_face
-        face_index = torch.arange(faces).repeat_interleave(k)
-        bary = torch.full((faces * k, 3), 1.0 / 3.0)
-        if k > 1:
-            g = torch.Generator().manual_seed(0)
-            r = torch.rand(faces, k - 1, 2, generator=g)
-            flip = r.sum(-1, keepdim=True) > 1
-            r = torch.where(flip, 1 - r, r)  # uniform on the triangle
-            extra = torch.cat([1 - r.sum(-1, keepdim=True), r], dim=-1)
-            bary = bary.view(faces, k, 3)
-            bary[:, 1:] = extra
-            bary = bary.reshape(faces * k, 3)
-        return face_index, bary
+        """Face index [M] and barycentric weights [M, 3] of the bound points (deterministic): the
+        centroid of every triangle, then ``gaussians_per_face - 1`` points seeded with 0."""
+        return seeded_anchors(torch.arange(faces), self.config.gaussians_per_face, seed=0)
 
     def prepare(self, features: FeatureMaps, source: HeadParams, camera: Camera, static: Gaussians) -> Rig:
         hm = self.head_model
@@ -104,7 +71,7 @@ class MeshBoundDriver(nn.Module):
         s = self.config.size * edges[face_index]
         scales = torch.stack([s, s, self.config.thickness * s], dim=-1)[None]  # [1, M, 3]
 
-        pixels = project(means, camera)
+        pixels = project_points(means, camera)
         rgb = sample_at(features.image, pixels, camera.width, camera.height)  # [1, M, 3]
         parts = [rgb]
         if self.extra_features is not None:
@@ -112,7 +79,7 @@ class MeshBoundDriver(nn.Module):
             parts.append(torch.sigmoid(self.extra_features(local)))
         dynamic = Gaussians(
             means=means,
-            quats=rotmat_to_wxyz(rot),  # rest rotation = the triangle's frame (local rotation identity)
+            quats=rotmat_to_quat(rot),  # rest rotation = the triangle's frame (local rotation identity)
             scales=scales,
             opacities=torch.full(means.shape[:2], self.config.opacity),
             features=torch.cat(parts, dim=-1),
@@ -124,12 +91,12 @@ class MeshBoundDriver(nn.Module):
         rig = avatar.rig
         verts = hm(params).vertices  # [B, V, 3]
         means, rot = posed_frames(rig.binding, verts, hm.faces)  # one pass for points and frames
-        return rig.dynamic.moved(means, rotmat_to_wxyz(rot))
+        return rig.dynamic.moved(means, rotmat_to_quat(rot))
 
 
 @hookimpl
 def gshead_register_drivers(register) -> None:
-    register(MeshBoundConfig, MeshBoundDriver)
+    register.add(MeshBoundConfig, MeshBoundDriver)
 
 
-__all__ = ["MeshBoundConfig", "MeshBoundDriver", "project", "rotmat_to_wxyz", "sample_at"]
+__all__ = ["MeshBoundConfig", "MeshBoundDriver"]

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from gshead.core.components import BuildContext
 from gshead.core.config import EncoderConfig
 from gshead.core.hookspecs import hookimpl
-from gshead.plugins.encoders.vit import (
+from gshead.plugins.encoders._vit import (
     VitEncoder,
     VitShape,
     check_resolution,
@@ -122,4 +122,4 @@ class Dinov2Encoder(VitEncoder):
 
 @hookimpl
 def gshead_register_encoders(register) -> None:
-    register(Dinov2Config, Dinov2Encoder)
+    register.add(Dinov2Config, Dinov2Encoder)

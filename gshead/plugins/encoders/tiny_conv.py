@@ -89,4 +89,4 @@ class TinyConvEncoder(nn.Module):
 
 @hookimpl
 def gshead_register_encoders(register) -> None:
-    register(TinyConvConfig, TinyConvEncoder)
+    register.add(TinyConvConfig, TinyConvEncoder)

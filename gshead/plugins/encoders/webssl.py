@@ -38,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 from gshead.core.components import BuildContext
 from gshead.core.config import EncoderConfig
 from gshead.core.hookspecs import hookimpl
-from gshead.plugins.encoders.vit import (
+from gshead.plugins.encoders._vit import (
     VitEncoder,
     VitShape,
     check_resolution,
@@ -117,4 +117,4 @@ class WebSSLEncoder(VitEncoder):
 
 @hookimpl
 def gshead_register_encoders(register) -> None:
-    register(WebSSLConfig, WebSSLEncoder)
+    register.add(WebSSLConfig, WebSSLEncoder)

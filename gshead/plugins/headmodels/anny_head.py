@@ -65,7 +65,7 @@ from gshead.core.components import BuildContext
 from gshead.core.config import HeadModelConfig
 from gshead.core.errors import InputError
 from gshead.core.hookspecs import hookimpl
-from gshead.plugins.headmodels.linear import LinearHeadModel
+from gshead.plugins.headmodels._linear import LinearHeadModel
 
 CONVERSION_VERSION = 1
 """Bump when the conversion changes: it is part of the cache key."""
@@ -436,7 +436,7 @@ def write_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Non
     """Write the converted model atomically (temporary file beside ``path``, then rename)."""
     from safetensors.torch import save_file
 
-    from gshead.core.io import atomic_output
+    from gshead.io.media import atomic_output
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
@@ -542,30 +542,113 @@ class AnnyHeadModel(LinearHeadModel):
 MEDIAPIPE_EMBEDDING = Path(__file__).parent / "data" / "anny_head_mediapipe478.safetensors"
 """The shipped MediaPipe 478-point embedding on anny-head's mesh."""
 
+MEDIAPIPE_TEMPLATE_TOLERANCE_M = 1e-4
+"""How far (metres) an embedded point may move between the template it was built on and the
+one it is loaded on before the file is refused as made for another mesh (float rounding of the
+conversion is ~1e-7 m; a changed Anny mesh moves points by millimetres)."""
 
-def mediapipe_embedding(faces: torch.Tensor, path: Path = MEDIAPIPE_EMBEDDING) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """MediaPipe's 478 face-mesh points on anny-head: triangle index [478], barycentric weights
-    [478, 3] and the file's metadata (views, measured accuracy). Refuses a file built for another
-    mesh (compares the face count and a hash of the faces)."""
+
+def mediapipe_embedding(
+    faces: torch.Tensor, template: torch.Tensor | None = None, path: Path = MEDIAPIPE_EMBEDDING
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """MediaPipe's 478 face-mesh points on anny-head, as triangle index [478] into ``faces`` and
+    barycentric weights [478, 3], plus the file's metadata (views, measured accuracy).
+
+    The file (format 2) stores each point as three vertex ids and barycentric weights, i.e. a
+    point of the template surface that does not depend on how the mesh is triangulated: Anny
+    splits its quads along the shorter diagonal, and quads whose diagonals tie split either way
+    depending on float rounding (torch/numpy versions). Each point is put back on *this* mesh:
+    through the face with the same three vertices when there is one (exact, whatever the face
+    order or corner order), else bound to the closest point of the faces that share two of its
+    vertices (the other split of the same quad; the point moves by at most the quad's
+    non-planarity). ``template`` [V, 3] (this mesh's rest vertices) is needed for that and for
+    the check that the file belongs to this mesh: the vertex count, and the embedded points'
+    positions on ``template`` against the stored ones (``MEDIAPIPE_TEMPLATE_TOLERANCE_M``).
+    Format 1 files (triangle index + barycentric of the triangulation they were built on) are
+    read only if their hash of the faces matches ``faces``. A file for another mesh is refused
+    with an ``AvatarFileError`` naming the rebuild script.
+    """
     from gshead.core.errors import AvatarFileError
-    from gshead.core.io import read_safetensors
+    from gshead.io.media import read_safetensors
 
     tensors, meta = read_safetensors(path, "landmark embedding", AvatarFileError)
-    digest = hashlib.sha256(faces.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
-    if meta.get("faces") != str(faces.shape[0]) or meta.get("faces_sha256_16") != digest:
+    rebuild = "rebuild it with scripts/build_anny_mediapipe_embedding.py"
+    version = meta.get("format_version")
+    if version == "1":
+        digest = hashlib.sha256(faces.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+        if meta.get("faces") != str(faces.shape[0]) or meta.get("faces_sha256_16") != digest:
+            raise AvatarFileError(
+                f"{path}: built for a mesh with {meta.get('faces')} faces (hash {meta.get('faces_sha256_16')}), "
+                f"but this anny-head has {faces.shape[0]} faces (hash {digest}); {rebuild}"
+            )
+        return tensors["face_index"].long(), tensors["barycentric"].float(), meta
+    if version != "2" or not {"vertex_index", "barycentric", "points"} <= set(tensors):
         raise AvatarFileError(
-            f"{path}: built for a mesh with {meta.get('faces')} faces (hash {meta.get('faces_sha256_16')}), "
-            f"but this anny-head has {faces.shape[0]} faces (hash {digest}); rebuild it with "
-            "scripts/build_anny_mediapipe_embedding.py"
+            f"{path}: not a landmark embedding gshead can read (format_version {version}); {rebuild}"
         )
-    return tensors["face_index"].long(), tensors["barycentric"].float(), meta
+    if template is None:
+        raise TypeError("mediapipe_embedding: a format 2 embedding needs this mesh's template vertices")
+    ids, weights = tensors["vertex_index"].long(), tensors["barycentric"].double()
+    n_v = template.shape[0]
+    if meta.get("vertices") != str(n_v) or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_v)):
+        raise AvatarFileError(
+            f"{path}: built for a mesh with {meta.get('vertices')} vertices, "
+            f"but this anny-head has {n_v}; {rebuild}"
+        )
+    v = template.detach().cpu().double()
+    points = torch.einsum("kj,kjd->kd", weights, v[ids])  # [K, 3] on this template
+    moved = float((points - tensors["points"].double()).norm(dim=1).max()) if len(points) else 0.0
+    if moved > MEDIAPIPE_TEMPLATE_TOLERANCE_M:
+        raise AvatarFileError(
+            f"{path}: built for another anny-head template (an embedded point moves {moved * 1000:.2f} mm "
+            f"on this one, tolerance {MEDIAPIPE_TEMPLATE_TOLERANCE_M * 1000:g} mm); {rebuild}"
+        )
+    face_index, bary = _bind_on_faces(faces.detach().cpu().long(), v, ids, weights, points)
+    if face_index is None:
+        raise AvatarFileError(
+            f"{path}: an embedded point's vertices share no face of this anny-head mesh; {rebuild}"
+        )
+    return face_index, bary.float(), meta
+
+
+def _bind_on_faces(
+    faces: torch.Tensor,
+    vertices: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    points: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Re-express points given by vertex ids [K, 3] + weights [K, 3] (at ``points`` [K, 3] on
+    ``vertices``) as (face index [K], barycentric [K, 3]) of ``faces``: the face with the same
+    vertices, permuted to its corner order; else the closest point of the faces sharing two of
+    the ids. ``None`` when some point's ids share no edge with any face."""
+    from gshead.core.geometry import bind_to_mesh
+
+    by_corners = {tuple(sorted(f)): i for i, f in enumerate(faces.tolist())}
+    face_index = torch.empty(len(ids), dtype=torch.long)
+    bary = torch.empty(len(ids), 3, dtype=torch.float64)
+    for k, corners in enumerate(ids.tolist()):
+        f = by_corners.get(tuple(sorted(corners)))
+        if f is not None:
+            face_index[k] = f
+            order = [corners.index(c) for c in faces[f].tolist()]
+            bary[k] = weights[k, order]
+            continue
+        shared = torch.isin(faces, ids[k]).sum(1) >= 2  # the other split of the quad and its neighbours
+        candidates = shared.nonzero()[:, 0]
+        if not len(candidates):
+            return None, bary
+        binding = bind_to_mesh(points[k : k + 1], vertices, faces[candidates])
+        face_index[k] = candidates[binding.face_index[0]]
+        bary[k] = binding.barycentric[0]
+    return face_index, bary
 
 
 def _landmarks_with_mediapipe(tensors: dict, meta: dict, config: AnnyHeadConfig) -> dict:
     """The landmark arguments of ``LinearHeadModel``: the named ones, plus MediaPipe's when asked."""
     faces, bary, names = tensors["landmark_faces"], tensors["landmark_barycentric"], list(meta["landmark_names"])
     if config.mediapipe_landmarks:
-        mp_faces, mp_bary, _ = mediapipe_embedding(tensors["faces"])
+        mp_faces, mp_bary, _ = mediapipe_embedding(tensors["faces"], tensors["template"])
         faces = torch.cat([faces, mp_faces.to(faces)])
         bary = torch.cat([bary, mp_bary.to(bary)])
         names += [f"mediapipe_{i:03d}" for i in range(mp_faces.shape[0])]
@@ -574,4 +657,4 @@ def _landmarks_with_mediapipe(tensors: dict, meta: dict, config: AnnyHeadConfig)
 
 @hookimpl
 def gshead_register_headmodels(register):
-    register(AnnyHeadConfig, AnnyHeadModel)
+    register.add(AnnyHeadConfig, AnnyHeadModel)

@@ -37,8 +37,8 @@ from gshead.core.components import BuildContext
 from gshead.core.config import HeadModelConfig
 from gshead.core.errors import InputError
 from gshead.core.hookspecs import hookimpl
-from gshead.plugins.headmodels.linear import LinearHeadModel
-from gshead.plugins.headmodels.safe_pickle import load_restricted, loads_restricted
+from gshead.plugins.headmodels._linear import LinearHeadModel
+from gshead.plugins.headmodels._safe_pickle import load_restricted, loads_restricted
 
 ENV_FLAME_PATH = "GSHEAD_FLAME_PATH"
 FLAME_JOINTS: tuple[str, ...] = ("global", "neck", "jaw", "eye_left", "eye_right")
@@ -314,4 +314,4 @@ class FlameHeadModel(LinearHeadModel):
 
 @hookimpl
 def gshead_register_headmodels(register):
-    register(FlameHeadConfig, FlameHeadModel)
+    register.add(FlameHeadConfig, FlameHeadModel)

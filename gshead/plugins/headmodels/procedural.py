@@ -29,7 +29,7 @@ from pydantic import Field
 from gshead.core.components import BuildContext
 from gshead.core.config import HeadModelConfig
 from gshead.core.hookspecs import hookimpl
-from gshead.plugins.headmodels.linear import LinearHeadModel
+from gshead.plugins.headmodels._linear import LinearHeadModel
 
 # ---------------------------------------------------------------- layout of the face (metres)
 HALF_WIDTH, HALF_HEIGHT, HALF_DEPTH = 0.080, 0.115, 0.098  # skull ellipsoid (ears add ~1 cm to x)
@@ -458,4 +458,4 @@ class ProceduralHeadModel(LinearHeadModel):
 
 @hookimpl
 def gshead_register_headmodels(register):
-    register(ProceduralHeadConfig, ProceduralHeadModel)
+    register.add(ProceduralHeadConfig, ProceduralHeadModel)

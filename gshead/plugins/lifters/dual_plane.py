@@ -2,15 +2,17 @@
 
 Per source portrait:
 
-1. a ``DPTHead`` (``gshead.plugins.lifters.dpt``) fuses the encoder's token maps and the image
+1. a ``DPTHead`` (``gshead.plugins.lifters._dpt``) fuses the encoder's token maps and the image
    into a local feature map [B, F, S, S] (S = ``feature_size``, official 296);
 2. an S x S grid of points lies on the plane through the world origin (the head's centre)
    perpendicular to the source camera's optical axis, spanning exactly what the camera sees at
    that depth: point ``(row j, column i)`` (index ``n = j S + i``) projects onto pixel
    ``((i + 0.5) W / S, (j + 0.5) H / S)``, the centre of feature ``(j, i)``;
 3. the view direction ``d`` [B, 3] — the unit vector from the origin towards the camera along
-   its optical axis, in head space — is harmonic-encoded (``harmonic_encoding``: 4 frequencies,
-   3 + 3 x 2 x 4 = 27 values) and broadcast to every pixel;
+   its optical axis, in head space (``gshead.core.geometry.view_direction``) — is harmonic-encoded
+   (``direction_code`` from ``gshead.plugins._shared.direction_code``, shared with the
+   ``expression-gaussians`` driver: 4 frequencies, 3 + 3 x 2 x 4 = 27 values) and broadcast to
+   every pixel;
 4. per plane ``k``, a conv head (3x3 convs, ReLU; 1x1 output) reads [local features, direction
    code] and predicts per point, in this channel order: ``C`` feature channels (0..2 RGB through
    a sigmoid, the rest linear), opacity (sigmoid), scale (3, sigmoid x ``max_scale``), rotation
@@ -30,7 +32,7 @@ State-dict mapping (GAGAvatar -> gshead ``DualPlaneLifter``), ``k`` in {0, 1}:
 =====================================  ==================================================
 GAGAvatar                              gshead
 =====================================  ==================================================
-``base_model.<rest>``                  ``dpt.<rest>`` (see ``dpt.py``'s table)
+``base_model.<rest>``                  ``dpt.<rest>`` (see ``_dpt.py``'s table)
 ``base_model.dino_model.*``            the ``dinov2`` encoder's weights
 ``gs_generator_l{k}.gaussian_conv.*``  ``heads.{k}.gaussian_conv.*`` (indices 0, 2, 4, 6)
 =====================================  ==================================================
@@ -52,12 +54,11 @@ from torch import Tensor, nn
 from gshead.core.components import BuildContext
 from gshead.core.config import LifterConfig
 from gshead.core.errors import InputError, ShapeError
+from gshead.core.geometry import view_direction
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Camera, FeatureMaps, Gaussians, HeadParams
-from gshead.plugins.lifters.dpt import DPTHead
-
-HARMONIC_FREQUENCIES = 4
-DIRECTION_CODE = 3 + 3 * 2 * HARMONIC_FREQUENCIES  # 27
+from gshead.plugins._shared.direction_code import DIRECTION_CODE, direction_code
+from gshead.plugins.lifters._dpt import DPTHead
 
 
 class DualPlaneConfig(LifterConfig):
@@ -86,19 +87,6 @@ class DualPlaneConfig(LifterConfig):
     max_offset: float = Field(0.2, ge=0.0)
     """Largest move of a Gaussian off the plane along the view direction, metres (sigmoid-bounded;
     GAGAvatar's 1.0 in FLAME x 5 units). 0 keeps every Gaussian on the plane."""
-
-
-def harmonic_encoding(x: Tensor, frequencies: int = HARMONIC_FREQUENCIES) -> Tensor:
-    """[..., D] -> [..., D (1 + 2 F)]: ``[x, sin(x), cos(x), sin(2x), cos(2x), ...]`` up to 2^(F-1)."""
-    parts = [x]
-    for k in range(frequencies):
-        parts += [torch.sin(x * 2.0**k), torch.cos(x * 2.0**k)]
-    return torch.cat(parts, dim=-1)
-
-
-def view_direction(camera: Camera) -> Tensor:
-    """Unit vectors [B, 3] from the world origin towards each camera along its optical axis (world frame)."""
-    return -F.normalize(camera.world_to_camera[:, 2, :3], dim=-1)  # row 2 of R: the camera's z axis
 
 
 def plane_points(camera: Camera, size: int) -> Tensor:
@@ -180,7 +168,7 @@ class DualPlaneLifter(nn.Module):
         s = self.config.feature_size
         local = self.dpt(features.local, image)  # [B, F, S, S]
         direction = view_direction(camera)  # [B, 3]
-        code = harmonic_encoding(direction)[:, :, None, None].expand(-1, -1, s, s)  # [B, 27, S, S]
+        code = direction_code(direction)[:, :, None, None].expand(-1, -1, s, s)  # [B, 27, S, S]
         x = torch.cat([local, code.to(local.dtype)], dim=1)
         plane = plane_points(camera, s)  # [B, N, 3]
         layers = []
@@ -203,15 +191,7 @@ class DualPlaneLifter(nn.Module):
 
 @hookimpl
 def gshead_register_lifters(register) -> None:
-    register(DualPlaneConfig, DualPlaneLifter)
+    register.add(DualPlaneConfig, DualPlaneLifter)
 
 
-__all__ = [
-    "DIRECTION_CODE",
-    "DualPlaneConfig",
-    "DualPlaneLifter",
-    "PlaneHead",
-    "harmonic_encoding",
-    "plane_points",
-    "view_direction",
-]
+__all__ = ["DualPlaneConfig", "DualPlaneLifter", "PlaneHead", "plane_points"]

@@ -171,4 +171,4 @@ def _sample(maps: Tensor, grid: Tensor) -> Tensor:
 
 @hookimpl
 def gshead_register_lifters(register) -> None:
-    register(SinglePlaneConfig, SinglePlaneLifter)
+    register.add(SinglePlaneConfig, SinglePlaneLifter)

@@ -37,4 +37,4 @@ class IdentityRefiner(nn.Module):
 
 @hookimpl
 def gshead_register_refiners(register) -> None:
-    register(IdentityRefinerConfig, IdentityRefiner)
+    register.add(IdentityRefinerConfig, IdentityRefiner)

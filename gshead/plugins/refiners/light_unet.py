@@ -110,7 +110,7 @@ class LightUNetRefiner(nn.Module):
 
 @hookimpl
 def gshead_register_refiners(register) -> None:
-    register(LightUNetConfig, LightUNetRefiner)
+    register.add(LightUNetConfig, LightUNetRefiner)
 
 
 __all__ = ["LightUNetConfig", "LightUNetRefiner"]

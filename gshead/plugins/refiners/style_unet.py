@@ -308,7 +308,7 @@ class StyleUNetRefiner(nn.Module):
 
 @hookimpl
 def gshead_register_refiners(register) -> None:
-    register(StyleUNetConfig, StyleUNetRefiner)
+    register.add(StyleUNetConfig, StyleUNetRefiner)
 
 
 __all__ = [

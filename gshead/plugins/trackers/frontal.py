@@ -16,18 +16,21 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from gshead.core.components import BuildContext
-from gshead.core.config import TrackerConfig
+from gshead.core.components import BuildContext, HeadModel, TrackerConfig
 from gshead.core.errors import InputError, ShapeError
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Camera, CropBox, Tracked
 
 MIN_FACE_PIXELS = 40
-"""Smallest face side the cascade looks for, in pixels."""
+"""Smallest face side ``detect_faces`` looks for by default, in pixels (the default of
+``TrackerConfig.min_face_pixels``, which the tracker passes)."""
 
 
 class FrontalTrackerConfig(TrackerConfig):
-    """Neutral head parameters and a fixed frontal camera for every image (centred portraits)."""
+    """Neutral head parameters and a fixed frontal camera for every image (centred portraits).
+
+    With ``crop: face`` the crop is placed by the shared tracker fields ``face_scale`` and
+    ``face_offset``; ``min_face_pixels`` is the smallest face the cascade looks for."""
 
     name: Literal["frontal"] = "frontal"
     distance: float = Field(1.0, gt=0.0)
@@ -37,11 +40,6 @@ class FrontalTrackerConfig(TrackerConfig):
     crop: Literal["center", "face"] = "center"
     """How to crop a raw image: 'center' (already a centred portrait) or 'face' (centre on the
     largest detected face; an image with no face is an error)."""
-    face_scale: float = Field(2.2, gt=1.0, le=6.0)
-    """With crop 'face': side of the crop as a multiple of the detected face box's side."""
-    face_offset: float = Field(-0.1, ge=-1.0, le=1.0)
-    """With crop 'face': vertical shift of the crop's centre from the face box's centre, in face-box
-    sides (positive: down). The crop's centre is where the head model's origin lands."""
 
 
 @functools.cache
@@ -52,12 +50,14 @@ def _cascade():
     return Cascade(lbp_frontal_face_cascade_filename())
 
 
-def detect_faces(image: Tensor) -> list[tuple[float, float, float]]:
-    """Face boxes (left, top, side) in pixels of ``image`` [1, 3, H, W], largest first."""
+def detect_faces(image: Tensor, min_face_pixels: int = MIN_FACE_PIXELS) -> list[tuple[float, float, float]]:
+    """Face boxes (left, top, side) in pixels of ``image`` [1, 3, H, W], largest first; faces
+    narrower than ``min_face_pixels`` are not looked for."""
     h, w = image.shape[-2:]
     rgb = (image[0].permute(1, 2, 0).clamp(0, 1) * 255).to("cpu").byte().numpy()
+    smallest = (min_face_pixels, min_face_pixels)
     found = _cascade().detect_multi_scale(
-        img=rgb, scale_factor=1.2, step_ratio=1, min_size=(MIN_FACE_PIXELS, MIN_FACE_PIXELS), max_size=(h, w)
+        img=rgb, scale_factor=1.2, step_ratio=1, min_size=smallest, max_size=(h, w)
     )
     boxes = [(float(d["c"]), float(d["r"]), float(d["width"])) for d in found]
     return sorted(boxes, key=lambda b: -b[2])
@@ -73,17 +73,18 @@ class FrontalTracker(nn.Module):
         self.config = config
         # A bound method, not the model itself: the head model may be an nn.Module, and storing it
         # would register it as a submodule (its weights duplicated in this tracker's state dict).
-        self._neutral = context.head_model.neutral
+        head: HeadModel = context.head_model
+        self._neutral = head.neutral
 
     def crop_box(self, image: Tensor) -> CropBox | None:
         """None for crop 'center'; for crop 'face', a square around the largest face."""
         if self.config.crop == "center":
             return None
-        faces = detect_faces(image)
+        faces = detect_faces(image, self.config.min_face_pixels)
         if not faces:
             raise InputError(
                 f"frontal: no face found in the image (expected a frontal face at least "
-                f"{MIN_FACE_PIXELS} px wide); for an already centred portrait use 'crop: center'"
+                f"{self.config.min_face_pixels} px wide); for an already centred portrait use 'crop: center'"
             )
         left, top, side = faces[0]
         others = [f for f in faces[1:] if f[2] >= 0.7 * side and not _overlaps(f, faces[0])]
@@ -112,4 +113,4 @@ def _overlaps(a: tuple[float, float, float], b: tuple[float, float, float]) -> b
 
 @hookimpl
 def gshead_register_trackers(register) -> None:
-    register(FrontalTrackerConfig, FrontalTracker)
+    register.add(FrontalTrackerConfig, FrontalTracker)

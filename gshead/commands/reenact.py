@@ -1,0 +1,133 @@
+"""``gshead reenact``: drive an avatar into a video (or a PNG grid of frames).
+
+    gshead reenact AVATAR --driver demo|SEQ.safetensors|VIDEO -o OUT.mp4|OUT.png
+                   [--side-by-side] [--camera fixed|orbit] [--orbit-degrees D] [--frames N]
+                   [--fps F] [--size S] [--batch B] [-q]
+
+The driving head parameters come from the demo motion (``gshead.io.motion``), a tracked-sequence
+file, or a video tracked on the fly (``gshead.jobs.tracking``, cached, the same path as
+``gshead track``). Camera paths, side-by-side panels and PNG grids are in ``_views``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gshead.commands._progress import progress
+
+
+def _driving_params(args, loaded):
+    """Head parameters [T] for ``--driver`` (demo motion, a sequence file, or a video)."""
+    from gshead.core.errors import InputError
+    from gshead.io.motion import demo_motion
+
+    driver = args.driver
+    if driver == "demo":
+        return demo_motion(loaded.head_model, args.frames)
+    path = Path(driver)
+    if path.suffix == ".safetensors":
+        from gshead.io.sequence import load_sequence
+
+        seq = load_sequence(path)
+        if seq.head_model != loaded.avatar.provenance.head_model:
+            raise InputError(
+                f"{path}: tracked with head model {seq.head_model!r}, but the avatar uses "
+                f"{loaded.avatar.provenance.head_model!r}"
+            )
+        return seq.params
+    from gshead.jobs.tracking import is_video, track_with_pipeline
+
+    if is_video(path):
+        # The same path as 'gshead track' (per-frame crops, smoothing, flagged frames), cached.
+        def bar(total):
+            return progress(total=total or None, desc="tracking", unit="frame", disable=args.quiet)
+
+        seq, _cached, _tracker = track_with_pipeline(path, loaded.config, loaded.head_model, progress=bar)
+        return seq.params
+    raise InputError(
+        f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, or a video (.mp4, .mov, ...)"
+    )
+
+
+def cmd_reenact(args) -> int:
+    import torch
+
+    from gshead.core.errors import InputError
+    from gshead.io.avatar import load_avatar
+    from gshead.io.media import VideoWriter
+
+    if args.size is not None and not 16 <= args.size <= 4096:
+        raise InputError(f"--size {args.size}: expected a side between 16 and 4096 pixels")
+    if args.batch < 1:
+        raise InputError(f"--batch {args.batch}: expected at least 1 frame per step")
+
+    from gshead.commands import _views as views
+
+    if not 0.0 <= args.orbit_degrees <= 180.0:
+        raise InputError(f"--orbit-degrees {args.orbit_degrees:g}: expected 0 to 180 degrees")
+    grid = Path(args.output).suffix.lower() == ".png"
+
+    torch.set_grad_enabled(False)
+    loaded = load_avatar(args.avatar)
+    params = _driving_params(args, loaded)
+    session = loaded.session(render_size=args.size)
+    cam = session.camera
+    n = params.batch_size
+    cameras = None  # None: the source camera for every frame
+    if args.camera == "orbit":
+        cameras = views.orbit_cameras(cam, n, args.orbit_degrees, views.head_centre(loaded))
+    panels = views.DriverPanels(loaded, args.driver) if args.side_by_side else None
+    width = cam.width * (2 if panels is not None else 1)
+    if grid:
+        sink = views.GridWriter(args.output, n, width, cam.height)
+    else:
+        sink = VideoWriter(args.output, fps=args.fps, width=width, height=cam.height)
+    with sink as out:
+        with progress(total=n, desc="reenact", unit="frame", disable=args.quiet) as bar:
+            for start in range(0, n, args.batch):
+                index = slice(start, min(n, start + args.batch))
+                chunk = params.select(index)
+                view = cam.expand(chunk.batch_size) if cameras is None else views.camera_slice(cameras, index)
+                frames = session.render(chunk, camera=view)
+                if panels is not None:
+                    frames = torch.cat([panels.render(chunk, view), frames], dim=-1)  # driver | result
+                out.write(frames)
+                bar.update(chunk.batch_size)
+    if grid:
+        what = f"{n} frames in a {sink.rows}x{sink.columns} grid, {sink.width}x{sink.height}"
+    else:
+        what = f"{n} frames, {width}x{cam.height} at {args.fps:g} fps"
+    print(f"wrote {args.output}: {what}", file=sys.stderr)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add ``reenact`` to the ``gshead`` subcommands."""
+    p = subparsers.add_parser("reenact", help="drive an avatar into a video (or a PNG grid of frames)")
+    p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
+    p.add_argument("--driver", required=True, help="'demo', a tracked-sequence .safetensors file, or a video")
+    p.add_argument(
+        "-o", "--output", required=True,
+        help="video file to write (.mp4, .mkv, ...), or .png for all frames tiled in one grid image",
+    )  # fmt: skip
+    p.add_argument(
+        "--side-by-side", action="store_true",
+        help="driver | result: the cropped driving video frame, or for demo/sequence drivers the "
+        "head-model mesh posed by the frame's parameters, seen from the same camera",
+    )  # fmt: skip
+    p.add_argument(
+        "--camera", choices=("fixed", "orbit"), default="fixed",
+        help="fixed: the source view (default); orbit: a novel-view path swinging the camera "
+        "around the head, yaw ±--orbit-degrees over the clip, starting and ending in front",
+    )  # fmt: skip
+    p.add_argument("--orbit-degrees", type=float, default=30.0, help="largest yaw of --camera orbit (default 30)")
+    p.add_argument("--frames", type=int, default=100, help="frames of demo motion (default 100)")
+    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the pipeline's)")
+    p.add_argument("--batch", type=int, default=4, help="frames rendered per step (default 4)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reenact)
+
+
+__all__ = ["add_parser", "cmd_reenact"]

@@ -1,0 +1,162 @@
+"""Avatar files: one safetensors file holding the frozen avatar and the weights driving needs.
+
+Layout: tensors ``static.*``, ``rig.*``, ``source.*``, ``camera.*`` (the ``Avatar``), and
+``weights.<driver|rasterizer|refiner>.*`` (state dicts of the driving components), so an avatar
+file alone is enough to drive. Metadata (strings): ``format``, ``format_version``, the
+validated ``pipeline`` config as JSON, provenance, the camera's image size and the encoder's
+channel counts (the driver is rebuilt with the same shapes). Files are written atomically.
+Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from gshead.core.components import Driver, HeadModel, Rasterizer, Refiner
+from gshead.core.config import PipelineConfig
+from gshead.core.errors import AvatarFileError, ConfigError, GsheadError, PluginError
+from gshead.io.media import atomic_output, read_safetensors
+from gshead.core.registry import Registry, get_registry
+from gshead.core.types import (
+    Avatar,
+    Camera,
+    Gaussians,
+    HeadParams,
+    MeshBinding,
+    Provenance,
+    Rig,
+)
+
+if TYPE_CHECKING:
+    from gshead.core.pipeline import DrivingSession, Pipeline
+
+FORMAT = "gshead.avatar"
+FORMAT_VERSION = "1"
+DRIVING_SLOTS = ("driver", "rasterizer", "refiner")
+
+
+def save_avatar(path: str | Path, avatar: Avatar, pipeline: Pipeline) -> None:
+    """Write ``avatar`` and ``pipeline``'s driving weights to ``path`` (atomically)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous() for k, v in avatar.tensors().items()}
+    for slot in DRIVING_SLOTS:
+        module = getattr(pipeline, slot)
+        if isinstance(module, torch.nn.Module):
+            for key, value in module.state_dict().items():
+                tensors[f"weights.{slot}.{key}"] = value.detach().contiguous().clone()
+    p = avatar.provenance
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pipeline": p.pipeline,
+        "head_model": p.head_model,
+        "gshead_version": p.gshead_version,
+        "torch_version": p.torch_version,
+        "created": p.created,
+        "camera_size": json.dumps([avatar.camera.width, avatar.camera.height]),
+        "encoder_channels": json.dumps(list(pipeline.context.encoder_channels)),
+        "encoder_global_channels": str(pipeline.context.encoder_global_channels),
+    }
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+@dataclass(frozen=True)
+class LoadedAvatar:
+    """An avatar read from a file, with the driving components rebuilt from its provenance."""
+
+    avatar: Avatar
+    config: PipelineConfig  # the validated pipeline config stored in the file
+    head_model: HeadModel
+    driver: Driver
+    rasterizer: Rasterizer
+    refiner: Refiner
+
+    def session(self, render_size: int | None = None, **kwargs: Any) -> DrivingSession:
+        """A driving session at ``render_size`` (default: the pipeline's ``render_size``)."""
+        from gshead.core.pipeline import DrivingSession
+
+        size = render_size or self.config.render_size
+        return DrivingSession(self.avatar, self.driver, self.rasterizer, self.refiner, render_size=size, **kwargs)
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    return read_safetensors(path, "gshead avatar file", AvatarFileError)
+
+
+def _take(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _gaussians(t: dict[str, Tensor]) -> Gaussians:
+    return Gaussians(t["means"], t["quats"], t["scales"], t["opacities"], t["features"])
+
+
+def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAvatar:
+    """Read an avatar file and rebuild its driver, rasterizer and refiner with their weights."""
+    from gshead.core.config import validate_pipeline
+    from gshead.core.pipeline import build_components, frozen_copy
+
+    path = Path(path)
+    registry = registry or get_registry()
+    tensors, meta = _read(path)
+    if meta.get("format") != FORMAT:
+        raise AvatarFileError(f"{path}: not a gshead avatar file (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AvatarFileError(
+            f"{path}: avatar format version {meta.get('format_version')!r} written by gshead "
+            f"{meta.get('gshead_version')}; this gshead reads version {FORMAT_VERSION!r}"
+        )
+    try:
+        config = validate_pipeline(json.loads(meta["pipeline"]), registry, source="pipeline stored in avatar")
+    except (ConfigError, PluginError, KeyError, json.JSONDecodeError) as exc:
+        raise AvatarFileError(
+            f"{path}: made by a pipeline this installation cannot rebuild ({exc}); install the plugins "
+            f"it used or use the gshead version that wrote it ({meta.get('gshead_version')})"
+        ) from None
+    try:
+        width, height = json.loads(meta["camera_size"])
+        avatar = Avatar(
+            static=_gaussians(_take(tensors, "static.")),
+            rig=Rig(
+                dynamic=_gaussians(_take(tensors, "rig.dynamic.")),
+                binding=MeshBinding(**_take(tensors, "rig.binding.")),
+                latent=tensors["rig.latent"],
+            ),
+            source=HeadParams(**_take(tensors, "source.")),
+            camera=Camera(tensors["camera.world_to_camera"], tensors["camera.intrinsics"], width, height),
+            provenance=Provenance(
+                pipeline=meta["pipeline"],
+                head_model=meta["head_model"],
+                gshead_version=meta["gshead_version"],
+                torch_version=meta["torch_version"],
+                created=meta["created"],
+            ),
+        )
+        encoder_channels = tuple(json.loads(meta["encoder_channels"]))
+        encoder_global = int(meta["encoder_global_channels"])
+    except (KeyError, TypeError, ValueError, GsheadError) as exc:
+        raise AvatarFileError(f"{path}: avatar file is missing or has malformed entries ({exc})") from None
+
+    built, _context = build_components(
+        config, DRIVING_SLOTS, registry, encoder_channels=encoder_channels, encoder_global_channels=encoder_global
+    )
+    head_model = built["headmodel"]
+    parts = {slot: built[slot] for slot in DRIVING_SLOTS}
+    for slot, module in parts.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        state = _take(tensors, f"weights.{slot}.")
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise AvatarFileError(f"{path}: {slot} weights do not fit {slot} {config.slot(slot).name!r} ({first})") from None
+    return LoadedAvatar(frozen_copy(avatar), config, head_model, **parts)

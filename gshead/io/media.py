@@ -1,0 +1,470 @@
+"""Image and video files: reading with one-line errors, writing atomically.
+
+Every failure a user can cause (a missing, truncated or foreign file, a missing output folder)
+raises ``InputError`` with one line naming the file, what was wrong and what was expected.
+Outputs are written to a temporary file beside the target and renamed over it only on success,
+so an interrupted or failed run never leaves a half-written file under the requested name.
+
+Images are tensors ``[B, 3, H, W]``, float32 in [0, 1], channels first (see ``gshead.core.types``).
+PIL, NumPy and PyAV are imported inside the functions that need them (nothing at import time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gshead.core.errors import InputError, ShapeError
+from gshead.core.geometry import crop_square
+from gshead.core.types import CropBox
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+EXAMPLES = {"example:astronaut": "astronaut"}
+"""Special image paths served from scikit-image's bundled data instead of the file system."""
+
+_IMAGE_FORMATS = "a PNG, JPEG, WebP, BMP or TIFF file"
+_VIDEO_FORMATS = "an MP4, MOV, MKV, WebM or AVI video"
+
+
+def _check_input_file(path: Path, what: str) -> None:
+    """InputError unless ``path`` names an existing regular file; ``what`` is e.g. "an image file"."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected {what}")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; expected {what}")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, single-line reason for a library exception."""
+    # FFmpeg errors (PyAV) carry a clean strerror; their str() repeats the errno and file name.
+    strerror = getattr(exc, "strerror", None)
+    text = " ".join(str(strerror or exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def read_image(path: str | Path) -> Tensor:
+    """Read an image as a [1, 3, H, W] float32 tensor in [0, 1].
+
+    ``example:astronaut`` is scikit-image's 512x512 astronaut. Grayscale is repeated to RGB,
+    alpha is composited on black, 16-bit images keep their precision, palettes are expanded and
+    the EXIF orientation is applied. The whole image is decoded here, so a truncated file fails
+    here (with ``InputError``) rather than later. An image whose longest side exceeds
+    ``LARGE_IMAGE_SIDE`` is downscaled first (box filter, in PIL, before conversion to float) so its
+    longest side is ``DOWNSCALED_SIDE``: face detection and cropping need no more, and a 100-megapixel
+    photo would otherwise take gigabytes as float32.
+    """
+    import numpy as np
+
+    key = str(path)
+    if key in EXAMPLES:
+        from skimage import data
+
+        array = getattr(data, EXAMPLES[key])()  # [H, W, 3] uint8
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float() / 255.0
+    if key.startswith("example:"):
+        raise InputError(f"{key}: unknown example image; expected one of: {', '.join(EXAMPLES)}")
+
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    _check_input_file(path, "an image file")
+    try:
+        with Image.open(path) as opened:
+            if max(opened.size) > LARGE_IMAGE_SIDE:  # JPEG: decode at a reduced scale (>= the target)
+                opened.draft(opened.mode, (DOWNSCALED_SIDE, DOWNSCALED_SIDE))
+            opened.load()  # full decode: truncated data fails here
+            image = _downscale(ImageOps.exif_transpose(opened))
+            array = _to_rgb_array(image)  # [H, W, 3] float32 in [0, 1]
+    except PermissionError:
+        raise InputError(f"{path}: permission denied; expected a readable image file") from None
+    except (Image.DecompressionBombError, MemoryError) as exc:
+        raise InputError(f"{path}: image too large to load ({_reason(exc)})") from None
+    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
+        raise InputError(
+            f"{path}: not a readable image ({_reason(exc)}); expected {_IMAGE_FORMATS}"
+        ) from None
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+LARGE_IMAGE_SIDE = 4096
+"""Images whose longest side is larger than this (pixels) are downscaled when read."""
+DOWNSCALED_SIDE = 2048
+"""Longest side (pixels) that such large images are downscaled to."""
+
+
+def _downscale(image):
+    """``image`` (PIL) resized so its longest side is ``DOWNSCALED_SIDE`` when it exceeds
+    ``LARGE_IMAGE_SIDE``; otherwise unchanged."""
+    from PIL import Image
+
+    w, h = image.size
+    if max(w, h) <= LARGE_IMAGE_SIDE:
+        return image
+    scale = DOWNSCALED_SIDE / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(size, Image.Resampling.BOX)
+
+
+def _to_rgb_array(image):
+    """A loaded PIL image as an [H, W, 3] float32 array in [0, 1] (alpha composited on black)."""
+    import numpy as np
+
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit (or 32-bit int) grayscale
+        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
+    if mode == "F":  # float grayscale: assumed in [0, 1]
+        gray = np.asarray(image, dtype=np.float32)
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # [H, W, 4]
+        return np.ascontiguousarray(rgba[..., :3] * rgba[..., 3:])
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def square_resize(image: Tensor, size: int) -> Tensor:
+    """Centre-crop ``image`` [B, 3, H, W] to a square, then resize it (antialiased) to [B, 3, size, size]."""
+    if image.dim() != 4:
+        raise ShapeError(f"square_resize: expected an image batch [B, C, H, W], got {list(image.shape)}")
+    return crop_square(image, CropBox.centred(image.shape[-1], image.shape[-2]), size)
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` when the block succeeds.
+
+    The temporary file keeps ``path``'s suffix (writers that pick the format from the name still
+    work) and already exists, empty, with the usual permissions. If the block raises anything,
+    KeyboardInterrupt included, the temporary file is deleted and the exception propagates; the
+    file at ``path``, if any, is left untouched. The parent folder must exist (InputError otherwise).
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: no such folder; expected an existing folder to write {path.name} into")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected a file name to write to")
+    temporary = _create_temporary(parent, path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new hidden temporary folder beside ``path``; when the block succeeds it becomes
+    ``path`` by one rename (an existing folder there is moved aside first and deleted after).
+
+    If the block raises anything, KeyboardInterrupt included, the temporary folder is deleted and
+    ``path`` is left as it was. The parent folder must exist.
+    """
+    import shutil
+
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+    temporary.mkdir()
+    try:
+        yield temporary
+        old = None
+        if path.is_dir() and any(path.iterdir()):
+            old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old"
+            os.replace(path, old)
+        elif path.is_dir():
+            path.rmdir()
+        os.replace(temporary, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _create_temporary(parent: Path, path: Path) -> Path:
+    """Create a new empty hidden file ``.<stem>.<random>.partial<suffix>`` in ``parent``."""
+    for _ in range(100):
+        candidate = parent / f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}"
+        try:
+            # 0o666 & ~umask, like an ordinary new file (mkstemp would make it 0o600).
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except PermissionError:
+            raise InputError(
+                f"{parent}: permission denied; expected a writable folder for {path.name}"
+            ) from None
+        os.close(fd)
+        return candidate
+    raise InputError(f"{parent}: cannot create a temporary file for {path.name}")
+
+
+# --------------------------------------------------------------------------------------------- videos
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ``probe_video`` reports about a video's first video stream."""
+
+    frames: int  # frame count (from the container header, or counted when the header has none)
+    width: int
+    height: int
+    fps: float
+
+
+def _even(n: int) -> int:
+    return n + (n % 2)
+
+
+class VideoWriter:
+    """Write frames to an H.264 video (libx264, yuv420p) atomically.
+
+    Use as a context manager; ``write(frames)`` takes [B, 3, height, width] floats in [0, 1].
+    yuv420p needs even sizes: an odd width or height is padded by repeating the last column or
+    row, so the file is ``encoded_width`` x ``encoded_height`` (at most one pixel larger). The
+    file appears under ``path`` only when the block exits without an exception and at least one
+    frame was written (InputError otherwise: an empty file would not be a playable video).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        width: int,
+        height: int,
+        crf: int = 18,
+        preset: str = "medium",
+    ) -> None:
+        if not (math.isfinite(fps) and fps > 0):
+            raise InputError(f"{path}: frame rate must be a positive number, got {fps}")
+        if width <= 0 or height <= 0:
+            raise InputError(f"{path}: video size must be positive, got {width}x{height}")
+        self.path = Path(path)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.width, self.height = int(width), int(height)
+        self.encoded_width, self.encoded_height = _even(self.width), _even(self.height)
+        self.crf, self.preset = crf, preset
+        self.frames_written = 0
+        self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self._container = None
+        self._stream = None
+
+    def __enter__(self) -> VideoWriter:
+        import av
+
+        self._atomic = atomic_output(self.path)
+        temporary = self._atomic.__enter__()
+        try:
+            # MP4/MOV: put the index first (faststart), so players can start before the file is complete.
+            mp4 = self.path.suffix.lower() in (".mp4", ".m4v", ".mov")
+            options = {"movflags": "+faststart"} if mp4 else {}
+            self._container = av.open(str(temporary), mode="w", options=options)
+            stream = self._container.add_stream("libx264", rate=self.fps)
+            stream.width, stream.height = self.encoded_width, self.encoded_height
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(self.crf), "preset": self.preset}
+            self._stream = stream
+        except BaseException as exc:
+            self._close_container()
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, Exception):  # FFmpeg refused (no libx264 in this PyAV build, bad options...)
+                raise InputError(
+                    f"{self.path}: cannot start the H.264 encoder ({_reason(exc)}); "
+                    "expected PyAV with libx264"
+                ) from None
+            raise
+        return self
+
+    def write(self, frames: Tensor) -> None:
+        """Append ``frames`` [B, 3, height, width] (or one [3, height, width]) in [0, 1]."""
+        import av
+
+        if self._stream is None:
+            raise RuntimeError("VideoWriter.write called outside its 'with' block")
+        if frames.dim() == 3:
+            frames = frames[None]
+        expected = [3, self.height, self.width]
+        if frames.dim() != 4 or list(frames.shape[1:]) != expected:
+            want = ", ".join(map(str, expected))
+            raise ShapeError(f"{self.path}: expected frames [B, {want}], got {list(frames.shape)}")
+        pad_w, pad_h = self.encoded_width - self.width, self.encoded_height - self.height
+        if pad_w or pad_h:
+            frames = F.pad(frames, (0, pad_w, 0, pad_h), mode="replicate")
+        pixels = (frames.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)  # [B, 3, H', W']
+        pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # [B, H', W', 3]
+        for array in pixels:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = 1 / self.fps
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._atomic is not None
+        atomic, self._atomic = self._atomic, None
+        if exc_type is None:
+            try:
+                if self.frames_written == 0:
+                    raise InputError(f"{self.path}: no frames were written; a video needs at least one frame")
+                for packet in self._stream.encode(None):  # flush the encoder
+                    self._container.mux(packet)
+                self._container.close()
+            except BaseException as error:
+                self._close_container()
+                atomic.__exit__(type(error), error, error.__traceback__)
+                raise
+            self._stream = self._container = None
+            atomic.__exit__(None, None, None)  # rename into place
+            return
+        self._close_container()
+        atomic.__exit__(exc_type, exc, tb)  # deletes the temporary file; the caller re-raises
+
+    def _close_container(self) -> None:
+        container, self._container, self._stream = self._container, None, None
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.close()
+
+
+def _open_video(path: Path):
+    """Open ``path`` with PyAV and return (container, its first video stream); InputError otherwise."""
+    import av
+
+    _check_input_file(path, "a video file")
+    try:
+        container = av.open(str(path), mode="r")
+    except PermissionError:
+        raise InputError(f"{path}: permission denied; expected a readable video file") from None
+    except Exception as exc:  # av.error.InvalidDataError and other FFmpeg errors
+        raise InputError(
+            f"{path}: not a readable video ({_reason(exc)}); expected {_VIDEO_FORMATS}"
+        ) from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: contains no video stream; expected {_VIDEO_FORMATS}")
+    return container, container.streams.video[0]
+
+
+def _frame_to_tensor(frame) -> Tensor:
+    """A decoded PyAV frame as [1, 3, H, W] float32 in [0, 1]."""
+    array = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
+    return torch.from_numpy(array).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def _inspect(path: Path) -> tuple[VideoInfo, bool]:
+    """Probe a video (decoding its first frame); returns (info, whether the count is from the header)."""
+    container, stream = _open_video(path)
+    try:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        frames = int(stream.frames or 0)
+        from_header = frames > 0
+        try:
+            first = next(container.decode(stream), None)
+            if first is None:
+                raise InputError(f"{path}: video stream has no frames; expected at least one frame")
+            width, height = first.width, first.height
+            if not from_header:  # some containers (MKV, WebM) do not store a count: count packets
+                container.seek(0)
+                frames = sum(1 for p in container.demux(stream) if p.size > 0)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(
+                f"{path}: video cannot be decoded ({_reason(exc)}); the file may be corrupt"
+            ) from None
+    finally:
+        container.close()
+    return VideoInfo(frames=frames, width=width, height=height, fps=fps), from_header
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame count, size and frame rate of a video's first video stream (InputError if unreadable)."""
+    return _inspect(Path(path))[0]
+
+
+def read_video(path: str | Path) -> tuple[Iterator[Tensor], float, int]:
+    """Open a video: (iterator of [1, 3, H, W] float32 frames in [0, 1], fps, frame count).
+
+    The file is checked (opened, first frame decoded) before this returns; frames are decoded
+    lazily as the iterator advances, and the file is closed when it is exhausted or discarded.
+    A file that fails to decode midway, or ends before the frame count its header promised,
+    raises InputError from the iterator.
+    """
+    path = Path(path)
+    info, from_header = _inspect(path)
+    return _frames(path, info.frames if from_header else None), info.fps, info.frames
+
+
+def _frames(path: Path, expected: int | None) -> Iterator[Tensor]:
+    container, stream = _open_video(path)
+    count = 0
+    try:
+        decoded = container.decode(stream)
+        while True:
+            try:
+                frame = next(decoded, None)
+            except Exception as exc:
+                raise InputError(
+                    f"{path}: video cannot be decoded after frame {count} ({_reason(exc)}); "
+                    "the file may be truncated"
+                ) from None
+            if frame is None:
+                break
+            count += 1
+            yield _frame_to_tensor(frame)
+    finally:
+        container.close()
+    if expected is not None and count < expected:
+        raise InputError(f"{path}: video ended after {count} of {expected} frames; the file looks truncated")
+
+
+# --------------------------------------------------------------------------------------------- safetensors
+
+
+def read_safetensors(path: str | Path, what: str, error: type[Exception] = InputError) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; ``error`` (one line naming ``what``)
+    when it is missing, truncated or not safetensors. Nothing is unpickled."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for bad headers and short files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{path}: not a readable {what} ({reason}); it may be truncated or corrupt") from None
+    return tensors, metadata

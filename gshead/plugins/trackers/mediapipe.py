@@ -1,0 +1,520 @@
+"""``mediapipe``: MediaPipe face detection and 478-point face mesh, then a head-model fit.
+
+Offline: ``mediapipe==0.10.21`` is the last wheel that bundles the face-detector and face-mesh
+models (no download at run time). It declares numpy<2 and pulls jax/opencv-contrib, so it is
+installed without its dependencies beside numpy 2::
+
+    pip install --no-deps mediapipe==0.10.21
+    pip install "protobuf<5" absl-py attrs flatbuffers "opencv-python-headless<5" matplotlib
+
+(``import mediapipe`` imports ``cv2`` and ``matplotlib`` through its drawing utilities.)
+
+- ``crop_box``: MediaPipe's full-range face detector on the raw image; the largest face is used
+  (a warning when there are several), a face narrower than ``min_face_pixels`` or no face at all
+  is an ``InputError``. The square crop is sized and placed like the ``frontal`` tracker's (the
+  shared ``TrackerConfig`` fields ``face_scale`` and ``face_offset``). The detector itself is
+  ``detect_faces``, so the tracker is a ``FaceDetector``.
+- ``track``: per crop, MediaPipe's 478 face-mesh landmarks (normalised x, y -> pixels of the
+  crop); then the head model's parameters are fitted to the landmarks through a correspondence
+  of head-model landmark *names* to MediaPipe mesh indices (``MEDIAPIPE_LANDMARKS``): head
+  rotation and translation (camera motion, as the core applies them), jaw, a few expression
+  units per image, and one identity for the whole batch (treated as a sequence of one person),
+  by batched Levenberg-Marquardt in torch with a fixed focal length (``fov_degrees``).
+
+``track_with_error`` also returns the root-mean-square landmark reprojection error of each image,
+in pixels of the crop (the tracker is a ``LandmarkTracker``). ``fit_landmarks`` is the fit alone
+(landmarks in, parameters out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from pydantic import Field
+from torch import Tensor, nn
+
+from gshead.core.components import BuildContext, HeadModel, TrackerConfig
+from gshead.core.errors import ConfigError, InputError, ShapeError
+from gshead.core.hookspecs import hookimpl
+from gshead.core.types import Camera, CropBox, HeadParams, Tracked
+
+MEDIAPIPE_POINTS = 478
+"""Points of MediaPipe's face mesh with iris refinement (468 mesh + 2 x 5 iris)."""
+
+# Head-model landmark name -> MediaPipe face-mesh indices whose mean is that landmark.
+# "left"/"right" are the subject's (the procedural head's +x side is the subject's left, which
+# appears on the image's right in a frontal portrait; MediaPipe's 263/362 eye is that one).
+# Checked by drawing them on scikit-image's astronaut (512 px crop): each lands on its feature.
+MEDIAPIPE_LANDMARKS: dict[str, tuple[int, ...]] = {
+    "eye_left_outer": (263,),
+    "eye_left_inner": (362,),
+    "eye_left_upper": (386,),
+    "eye_left_lower": (374,),
+    "eye_right_inner": (133,),
+    "eye_right_outer": (33,),
+    "eye_right_upper": (159,),
+    "eye_right_lower": (145,),
+    "brow_left": (334, 282),  # middle of the brow: upper and lower edge
+    "brow_right": (105, 52),
+    "nose_bridge": (197,),
+    "nose_tip": (1,),
+    "mouth_left": (291,),
+    "mouth_right": (61,),
+    "lip_upper": (0,),  # outer edge of the upper lip, on the midline
+    "lip_lower": (17,),  # outer edge of the lower lip, on the midline
+    "chin": (152,),
+}
+
+def mediapipe_indices(name: str) -> tuple[int, ...] | None:
+    """MediaPipe face-mesh indices for a head-model landmark name: ``MEDIAPIPE_LANDMARKS``'s named
+    features, or ``mediapipe_NNN`` for a dense embedding of point NNN (``anny-head`` with
+    ``mediapipe_landmarks: true``); None when the name is neither."""
+    if name in MEDIAPIPE_LANDMARKS:
+        return MEDIAPIPE_LANDMARKS[name]
+    prefix, _, number = name.partition("_")
+    if prefix == "mediapipe" and number.isdigit() and int(number) < MEDIAPIPE_POINTS:
+        return (int(number),)
+    return None
+
+
+DEFAULT_EXPRESSIONS: tuple[str, ...] = (
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "browInnerUp",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthPucker",
+)
+"""Expression units fitted by default (those the head model has). ``jawOpen`` is left out on
+purpose: the jaw rotation is fitted instead, and the two would explain the same landmarks."""
+
+
+class MediapipeTrackerConfig(TrackerConfig):
+    """MediaPipe face detection + face mesh, then a fit of the head model to the landmarks.
+
+    The crop is placed by the shared tracker fields ``face_scale`` and ``face_offset`` (as the
+    frontal tracker's); ``crop_box`` refuses faces narrower than ``min_face_pixels``."""
+
+    name: Literal["mediapipe"] = "mediapipe"
+    distance: float = Field(1.0, gt=0.0)
+    """Distance from the camera to the world origin (the neutral head's centre), model units."""
+    fov_degrees: float = Field(18.0, gt=0.0, lt=180.0)
+    """Horizontal field of view of the camera, in degrees (fixed: the focal length is not fitted)."""
+    min_confidence: float = Field(0.5, gt=0.0, lt=1.0)
+    """Detection confidence below which a face is ignored."""
+    no_face: Literal["error", "neutral"] = "error"
+    """Without a face: 'error' raises InputError; 'neutral' warns, crop_box returns None (centred
+    crop) and such images get the neutral pose and expression (with the batch's fitted identity)
+    and a NaN error."""
+    expressions: tuple[str, ...] | None = None
+    """Expression units to fit; None: those of DEFAULT_EXPRESSIONS the head model has."""
+    iterations: int = Field(30, ge=1, le=1000)
+    """Most Levenberg-Marquardt steps of the fit (it stops earlier once converged)."""
+    identity_weight: float = Field(1e-2, ge=0.0)
+    """Weight of the identity prior (squared coefficients) against the landmark term."""
+    expression_weight: float = Field(1e-2, ge=0.0)
+    """Weight of the expression prior (squared coefficients)."""
+    jaw_weight: float = Field(1e-1, ge=0.0)
+    """Weight of the jaw prior (squared radians; sideways and twisting jaw rotations x100)."""
+
+    test_fields: ClassVar[dict[str, Any]] = {"no_face": "neutral", "iterations": 5}
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        # mediapipe imports cv2 and matplotlib when imported; all three must be there.
+        found = all(importlib.util.find_spec(m) for m in ("mediapipe", "cv2", "matplotlib"))
+        return None if found else _INSTALL_HINT
+
+
+_INSTALL_HINT = (
+    "needs mediapipe 0.10.21 (pip install --no-deps mediapipe==0.10.21 'protobuf<5' absl-py "
+    "attrs flatbuffers 'opencv-python-headless<5' matplotlib)"
+)
+
+
+def _import_mediapipe():
+    try:
+        import mediapipe
+    except ImportError as exc:
+        raise InputError(f"mediapipe tracker {_INSTALL_HINT}; importing it failed: {exc}") from None
+    return mediapipe
+
+
+def _to_uint8(image: Tensor):
+    """[3, H, W] float in [0, 1] -> contiguous [H, W, 3] uint8 numpy array (MediaPipe's SRGB)."""
+    import numpy as np
+
+    rgb = (image.detach().permute(1, 2, 0).clamp(0, 1) * 255).round().to("cpu", torch.uint8).numpy()
+    return np.ascontiguousarray(rgb)
+
+
+# ------------------------------------------------------------------------------------ the fit
+@dataclass(frozen=True)
+class LandmarkFit:
+    """What ``fit_landmarks`` returns."""
+
+    params: HeadParams  # [B] fitted parameters (pose in rotation/translation)
+    camera: Camera  # [B] the fixed frontal camera (head pose not applied)
+    projected: Tensor  # [B, K, 2] the fitted model's landmarks (those of the targets), pixels
+    error_px: Tensor  # [B] root-mean-square landmark reprojection error, pixels
+
+
+def project_landmarks(head_model: HeadModel, params: HeadParams, camera: Camera) -> Tensor:
+    """The head model's landmarks for ``params`` in pixels [B, L, 2] (head pose as camera motion)."""
+    points = head_model(params).landmarks  # [B, L, 3]
+    moved = camera.moved(params.pose_matrix())
+    w2c = moved.world_to_camera.to(points)
+    cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [B, L, 3]
+    uvw = cam @ moved.intrinsics.to(points).transpose(1, 2)
+    return uvw[..., :2] / uvw[..., 2:].clamp_min(1e-6)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """One CPU thread, and inference mode off (forward-mode AD gives no tangents under it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(False):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@_one_thread()
+def fit_landmarks(
+    head_model: HeadModel,
+    targets: Tensor,
+    camera: Camera,
+    indices: Tensor | None = None,
+    expressions: tuple[str, ...] = DEFAULT_EXPRESSIONS,
+    iterations: int = 30,
+    identity_weight: float = 1e-2,
+    expression_weight: float = 1e-2,
+    jaw_weight: float = 1e-1,
+) -> LandmarkFit:
+    """Fit head pose, jaw, ``expressions`` and one shared identity to 2D landmarks.
+
+    ``targets`` [B, K, 2] pixels; ``indices`` [K] long, the head-model landmark of each target
+    (default: all L landmarks, K = L); ``camera`` [B] or [1], a fixed ``Camera.frontal`` (the
+    initial guess assumes one). Minimises the mean squared reprojection error, measured in
+    percent of the image side, plus squared-coefficient priors (per image, so their balance
+    with the data term does not depend on B), by batched
+    Levenberg-Marquardt: Jacobians by forward-mode AD (one pass per parameter of one image, for
+    all images at once), the shared identity solved on the Schur complement. It starts from the
+    neutral head moved to the landmarks' centroid and scale. Works on the head model's device.
+
+    Runs on one CPU thread (restored afterwards): the tensors are tiny, and on a busy machine
+    torch's thread pool made the fit 10-50x slower.
+    """
+    if targets.dim() != 3 or targets.shape[-1] != 2:
+        raise ShapeError(f"fit_landmarks: expected targets [B, K, 2], got {list(targets.shape)}")
+    b = targets.shape[0]
+    dev = head_model.template.device
+    targets = targets.detach().to(dev, torch.float32).clone()  # clone: not an inference tensor
+    camera = (camera.expand(b) if camera.batch_size == 1 else camera).to(dev)
+    indices = torch.arange(targets.shape[1]) if indices is None else indices
+    indices = indices.to(dev)
+    names = tuple(head_model.expression_names)
+    expr_index = torch.tensor([names.index(e) for e in expressions], dtype=torch.long, device=dev)
+    neutral = head_model.neutral(b)
+    unit = 0.01 * max(camera.width, camera.height)  # residuals in percent of the image side
+
+    def params_of(rot, trans, jaw, expr, ident) -> HeadParams:
+        full = torch.zeros(b, len(names), dtype=expr.dtype, device=dev)
+        full = full.index_copy(1, expr_index, expr) if len(expr_index) else full
+        return HeadParams(ident.expand(b, -1), full, jaw, neutral.eyes, rot, trans)
+
+    # Initial translation from the landmarks' centroid and spread against the neutral head's.
+    with torch.no_grad():
+        start = project_landmarks(head_model, neutral, camera)[:, indices]  # [B, K, 2]
+        spread = lambda p: (p - p.mean(1, keepdim=True)).square().sum(-1).mean(1).sqrt()
+        ratio = (spread(targets) / spread(start).clamp_min(1e-6)).clamp(0.2, 5.0)
+        d = camera.world_to_camera[:, 2, 3]  # distance of the frontal camera
+        tz = d * (1.0 - 1.0 / ratio)
+        f = camera.intrinsics[:, 0, 0]
+        shift = (targets.mean(1) - start.mean(1)) * ((d - tz) / f)[:, None]  # [B, 2] model units
+        trans0 = torch.stack([shift[:, 0], -shift[:, 1], tz], 1)  # image y is down, world y up
+
+    k = targets.shape[1]
+    n_e, n_i = len(expr_index), head_model.identity_dim
+    sizes = [3, 3, 3, n_e]  # per image: rotation, translation, jaw, expression
+    jaw_sqrt = (torch.tensor([1.0, 100.0, 100.0], device=dev) * jaw_weight).sqrt()
+
+    def residuals(x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-image residuals [B, 2K + E + 3] (whose squares sum to the cost) and projections."""
+        rot, trans, jaw, expr = x.split(sizes, 1)
+        p = params_of(rot, trans, jaw, expr, z)
+        proj = project_landmarks(head_model, p, camera)[:, indices]
+        data = ((proj - targets) / unit).reshape(b, -1) / k**0.5
+        return torch.cat([data, expression_weight**0.5 * expr, jaw * jaw_sqrt], 1), proj
+
+    def cost(r: Tensor, z: Tensor) -> float:
+        return float(r.double().square().sum() + b * identity_weight * z.double().square().sum())
+
+    def jacobians(x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """d residuals / d x [B, M, n] and d residuals / d z [B, M, I], by forward-mode AD.
+
+        Images are independent given z, so one pass per *local* direction serves every image.
+        """
+        cols_x, cols_z = [], []
+        with warnings.catch_warnings(), fwAD.dual_level():
+            # torch loads its forward-AD decompositions on first use through torch.jit.script,
+            # which warns (DeprecationWarning) in torch 2.13; nothing for our users to act on.
+            warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
+            for j in range(x.shape[1]):
+                t = torch.zeros_like(x)
+                t[:, j] = 1.0
+                cols_x.append(fwAD.unpack_dual(residuals(fwAD.make_dual(x, t), z)[0]).tangent)
+            for j in range(n_i):
+                t = torch.zeros_like(z)
+                t[:, j] = 1.0
+                cols_z.append(fwAD.unpack_dual(residuals(x, fwAD.make_dual(z, t))[0]).tangent)
+        jx = torch.stack(cols_x, -1).double()
+        jz = torch.stack(cols_z, -1).double() if n_i else torch.zeros(*jx.shape[:2], 0).to(jx)
+        return jx, jz
+
+    # Levenberg-Marquardt. The normal equations are block-structured: one n x n block per image
+    # plus the shared identity, coupled through C_i = Jx_i^T Jz_i; the identity is solved first
+    # on the Schur complement, then every image's step in one batched solve.
+    x = torch.cat([torch.zeros(b, 3, device=dev), trans0, torch.zeros(b, 3 + n_e, device=dev)], 1)
+    z = torch.zeros(1, n_i, device=dev)
+    r, proj = residuals(x, z)
+    current = cost(r, z)
+    mu = 1e-3
+    eye_x = torch.eye(x.shape[1], dtype=torch.float64, device=dev)
+    eye_z = torch.eye(n_i, dtype=torch.float64, device=dev)
+    for _ in range(iterations):
+        jx, jz = jacobians(x, z)
+        rd = r.double()
+        a = jx.transpose(1, 2) @ jx  # [B, n, n]
+        c = jx.transpose(1, 2) @ jz  # [B, n, I]
+        dmat = (jz.transpose(1, 2) @ jz).sum(0) + b * identity_weight * eye_z  # [I, I]
+        gx = (jx.transpose(1, 2) @ rd[..., None])[..., 0]  # [B, n]
+        gz = (jz.transpose(1, 2) @ rd[..., None])[..., 0].sum(0) + b * identity_weight * z[0].double()
+        improved = False
+        for _ in range(12):
+            ad = a + mu * (a.diagonal(dim1=1, dim2=2)[..., None] * eye_x + 1e-9 * eye_x)
+            ainv_c = torch.linalg.solve(ad, c)  # [B, n, I]
+            ainv_g = torch.linalg.solve(ad, gx[..., None])[..., 0]  # [B, n]
+            if n_i:
+                dd = dmat + mu * (dmat.diagonal()[:, None] * eye_z + 1e-9 * eye_z)
+                schur = dd - (c.transpose(1, 2) @ ainv_c).sum(0)
+                rhs = -(gz - (c.transpose(1, 2) @ ainv_g[..., None])[..., 0].sum(0))
+                dz = torch.linalg.solve(schur, rhs)
+            else:
+                dz = torch.zeros(0, dtype=torch.float64, device=dev)
+            dx = -(ainv_g + (ainv_c @ dz[:, None])[..., 0])
+            x_new, z_new = x + dx.float(), z + dz.float()[None]
+            with torch.no_grad():
+                r_new, proj_new = residuals(x_new, z_new)
+            new = cost(r_new, z_new)
+            if math.isfinite(new) and new < current:
+                improved = True
+                # converged: relative decrease below 1e-6, or steps below float32 resolution
+                done = current - new < 1e-6 * current or float(dx.abs().max()) < 1e-6
+                x, z, r, proj, current = x_new, z_new, r_new, proj_new, new
+                mu = max(mu / 3.0, 1e-9)
+                break
+            mu *= 4.0
+        if not improved or done:
+            break
+
+    rot, trans, jaw, expr = x.split(sizes, 1)
+    p = params_of(rot, trans, jaw, expr, z)
+    error = (proj - targets).square().sum(-1).mean(1).sqrt()
+    p = HeadParams(
+        *(t.detach().clone() for t in (p.identity, p.expression, p.jaw, p.eyes, p.rotation, p.translation))
+    )
+    return LandmarkFit(params=p, camera=camera, projected=proj.detach(), error_px=error)
+
+
+# ------------------------------------------------------------------------------------ tracker
+class MediapipeTracker(nn.Module):
+    """Images [B, 3, H, W] -> fitted HeadParams [B] and a frontal Camera [B] of size W x H."""
+
+    def __init__(self, config: MediapipeTrackerConfig, context: BuildContext) -> None:
+        super().__init__()
+        head = context.head_model
+        if head is None:
+            raise ShapeError("mediapipe: BuildContext.head_model is None; expected the pipeline's head model")
+        self.config = config
+        # In a tuple, not an attribute: the head model may be an nn.Module, and storing it directly
+        # would register it as a submodule (its weights duplicated in this tracker's state dict).
+        self._head: tuple[HeadModel] = (head,)
+        names = tuple(getattr(head, "landmark_names", ()))
+        used = [n for n in names if mediapipe_indices(n) is not None]
+        if len(used) < 6:
+            raise ConfigError(
+                f"mediapipe: the head model has {len(used)} landmarks named like MEDIAPIPE_LANDMARKS "
+                f"(needs at least 6; its landmarks: {', '.join(names) or 'none'})"
+            )
+        self.landmark_names = tuple(used)
+        self._model_index = torch.tensor([names.index(n) for n in used], dtype=torch.long)
+        self._mp_index = [mediapipe_indices(n) for n in used]
+        known = tuple(head.expression_names)
+        if config.expressions is None:
+            self.expressions = tuple(e for e in DEFAULT_EXPRESSIONS if e in known)
+        else:
+            unknown = [e for e in config.expressions if e not in known]
+            if unknown:
+                raise ConfigError(f"mediapipe: expressions {unknown} are not units of the head model")
+            self.expressions = tuple(config.expressions)
+
+    # -- MediaPipe ------------------------------------------------------------------------
+    @functools.cached_property
+    def _detector(self):
+        mp = _import_mediapipe()
+        return mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=self.config.min_confidence
+        )
+
+    @functools.cached_property
+    def _mesh(self):
+        mp = _import_mediapipe()
+        return mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True,
+            max_num_faces=4,
+            refine_landmarks=True,
+            min_detection_confidence=self.config.min_confidence,
+        )
+
+    def detect_faces(self, image: Tensor) -> list[tuple[float, float, float]]:
+        """Face boxes (left, top, side) in pixels of ``image`` [1, 3, H, W], largest first."""
+        if image.dim() != 4 or image.shape[:2] != (1, 3):
+            raise ShapeError(f"mediapipe: expected one image [1, 3, H, W], got {list(image.shape)}")
+        h, w = image.shape[-2:]
+        result = self._detector.process(_to_uint8(image[0]))
+        boxes = []
+        for det in result.detections or ():
+            r = det.location_data.relative_bounding_box
+            bw, bh = r.width * w, r.height * h
+            side = (bw + bh) / 2
+            boxes.append((r.xmin * w + (bw - side) / 2, r.ymin * h + (bh - side) / 2, side))
+        return sorted(boxes, key=lambda b: -b[2])
+
+    def crop_box(self, image: Tensor) -> CropBox | None:
+        """A square around the largest face, sized and placed like the frontal tracker's.
+
+        No face: ``InputError``, or with ``no_face: neutral`` a warning and None (centred crop).
+        """
+        faces = self.detect_faces(image)
+        h, w = image.shape[-2:]
+        if not faces and self.config.no_face == "neutral":
+            warnings.warn(
+                f"mediapipe: no face found in the {w}x{h} image; using the centred crop", stacklevel=2
+            )
+            return None
+        if not faces:
+            raise InputError(
+                f"mediapipe: no face found in the {w}x{h} image (expected a face at least "
+                f"{self.config.min_face_pixels} px wide)"
+            )
+        left, top, side = faces[0]
+        if side < self.config.min_face_pixels:
+            raise InputError(
+                f"mediapipe: the largest face is {side:.0f} px wide, smaller than the minimum "
+                f"{self.config.min_face_pixels} px (min_face_pixels); use a larger image of the face"
+            )
+        if len(faces) > 1:
+            warnings.warn(f"mediapipe: {len(faces)} faces found; using the largest", stacklevel=2)
+        cx, cy = left + side / 2, top + side / 2 + self.config.face_offset * side
+        crop = self.config.face_scale * side
+        return CropBox(cx - crop / 2, cy - crop / 2, crop)
+
+    def detect_landmarks(self, images: Tensor, missing: Literal["error", "nan"] = "error") -> Tensor:
+        """MediaPipe's 478 landmarks [B, 478, 2] in pixels of each image (the largest face).
+
+        An image without a face mesh raises ``InputError`` naming it, or with ``missing='nan'``
+        gets NaN landmarks.
+        """
+        _check_batch(images)
+        b, _, h, w = images.shape
+        out = torch.empty(b, MEDIAPIPE_POINTS, 2)
+        for i in range(b):
+            result = self._mesh.process(_to_uint8(images[i]))
+            faces = result.multi_face_landmarks or ()
+            if not faces and missing == "nan":
+                out[i] = float("nan")
+                continue
+            if not faces:
+                raise InputError(
+                    f"mediapipe: no face landmarks found in image {i} of {b} ({w}x{h}); "
+                    "expected a crop around one face"
+                )
+            pts = [torch.tensor([(p.x * w, p.y * h) for p in f.landmark]) for f in faces]
+            sizes = [float((p.max(0).values - p.min(0).values).prod()) for p in pts]
+            best = pts[max(range(len(pts)), key=sizes.__getitem__)]
+            if best.shape[0] != MEDIAPIPE_POINTS:
+                raise InputError(f"mediapipe: expected {MEDIAPIPE_POINTS} landmarks, got {best.shape[0]}")
+            out[i] = best
+        return out
+
+    def landmark_targets(self, mediapipe_points: Tensor) -> Tensor:
+        """The head-model landmarks' targets [B, K, 2] from MediaPipe points [B, 478, 2]."""
+        return torch.stack([mediapipe_points[:, list(ix)].mean(1) for ix in self._mp_index], 1)
+
+    # -- fitting --------------------------------------------------------------------------
+    def track_with_error(self, images: Tensor) -> tuple[Tracked, Tensor]:
+        """``track`` plus the RMS landmark reprojection error of each image [B], in pixels."""
+        _check_batch(images)
+        b, _, h, w = images.shape
+        c = self.config
+        missing = "nan" if c.no_face == "neutral" else "error"
+        targets = self.landmark_targets(self.detect_landmarks(images, missing))  # [B, K, 2]
+        found = torch.isfinite(targets).all(2).all(1)  # [B]
+        head = self._head[0]
+        params = head.neutral(b).to("cpu")
+        params = params.replace(**{k: v.float() for k, v in params.tensors().items()})
+        error = torch.full((b,), float("nan"))
+        if not found.all():
+            lost = [i for i in range(b) if not found[i]]
+            warnings.warn(
+                f"mediapipe: no face in images {lost} of {b}; they get the neutral pose", stacklevel=2
+            )
+        if found.any():
+            keep = found.nonzero()[:, 0]
+            camera = Camera.frontal(c.distance, c.fov_degrees, w, h, len(keep))
+            fit = fit_landmarks(
+                head,
+                targets[keep],
+                camera,
+                self._model_index,
+                self.expressions,
+                c.iterations,
+                c.identity_weight,
+                c.expression_weight,
+                c.jaw_weight,
+            )
+            fields = {k: v.clone() for k, v in params.tensors().items()}
+            for k, v in fit.params.tensors().items():
+                fields[k][keep] = v.to(fields[k])
+            fields["identity"][:] = fit.params.identity[:1].to(fields["identity"])  # one person
+            params = HeadParams(**fields)
+            error[keep] = fit.error_px.cpu()
+        cam = Camera.frontal(c.distance, c.fov_degrees, w, h, b, dtype=images.dtype)
+        return Tracked(params=params.to(images.device), camera=cam.to(images.device)), error
+
+    def track(self, images: Tensor) -> Tracked:
+        return self.track_with_error(images)[0]
+
+    def forward(self, images: Tensor) -> Tracked:
+        return self.track(images)
+
+
+def _check_batch(images: Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ShapeError(f"mediapipe: expected an image batch [B, 3, H, W], got {list(images.shape)}")
+
+
+@hookimpl
+def gshead_register_trackers(register) -> None:
+    register.add(MediapipeTrackerConfig, MediapipeTracker)
