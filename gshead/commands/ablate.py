@@ -39,9 +39,11 @@ def cmd_ablate(args) -> int:
     from gshead.ablate.runner import result_path, run_matrix
     from gshead.commands._progress import progress
     from gshead.core.errors import ConfigError
+    from gshead.io.media import check_output
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected at least 1")
+    check_output(args.output, folder=True, what="ablation results")
     loaded = load_matrix(args.matrix)
     selected = loaded.select(args.only)
     if args.dry_run:

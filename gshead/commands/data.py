@@ -24,9 +24,17 @@ def default_head_model() -> str:
     return str(read_yaml(default_pipeline_path(), "pipeline config")["headmodel"]["name"])
 
 
+MAX_SEED = 2**63 - 1
+
+
 def cmd_synth(args) -> int:
+    from gshead.core.errors import require_int
     from gshead.data.synthetic import write_synthetic_dataset
 
+    require_int(args.seed, "--seed", 0, MAX_SEED)
+    from gshead.io.media import check_output
+
+    check_output(args.output, folder=True, what="a dataset")
     info = write_synthetic_dataset(
         args.output,
         identities=args.identities,
@@ -44,8 +52,13 @@ def cmd_synth(args) -> int:
 
 
 def cmd_from_videos(args) -> int:
+    from gshead.core.errors import require_int
     from gshead.data.videos import convert_video_folder
 
+    require_int(args.seed, "--seed", 0, MAX_SEED)
+    from gshead.io.media import check_output
+
+    check_output(args.output, folder=True, inputs=(args.folder,), what="a dataset")
     info = convert_video_folder(
         args.folder,
         args.output,

@@ -32,6 +32,7 @@ def _metric_tracker(name: str, pipeline):
     """(tracker or None, reason it is None) for AKD/APD/AED, built with the pipeline's head model."""
     import torch
 
+    from gshead.core.errors import ConfigError
     from gshead.core.registry import get_registry
 
     if name == "none":
@@ -48,7 +49,11 @@ def _metric_tracker(name: str, pipeline):
     fields = {"name": name}
     if "no_face" in spec.config_class.model_fields:
         fields["no_face"] = "neutral"  # an output without a detectable face is counted, not fatal
-    tracker = spec.build(spec.config_class.model_validate(fields), pipeline.context)
+    head = pipeline.config.headmodel.name
+    try:
+        tracker = spec.build(spec.config_class.model_validate(fields), pipeline.context)
+    except ConfigError as exc:  # e.g. a head model without the landmarks this tracker fits
+        return None, f"tracker {name!r} cannot fit head model {head!r} ({exc})"
     if isinstance(tracker, torch.nn.Module):
         tracker.eval()
     return tracker, ""
@@ -92,13 +97,22 @@ def cmd_eval(args) -> int:
     from gshead.core.pipeline import Pipeline
     from gshead.data import ReenactmentDataset
     from gshead.eval.protocols import MethodResults, evaluate, source_baseline, write_results
+    from gshead.io.media import check_output
     from gshead.io.weights import load_pipeline_weights
 
+    check_output(args.output, folder=True, what="evaluation results")
     if args.max_samples is not None and args.max_samples < 1:
         raise InputError(f"--max-samples {args.max_samples}: expected at least 1")
     if args.targets < 1:
         raise InputError(f"--targets {args.targets}: expected at least 1 target frame per sample")
     torch.set_grad_enabled(False)
+    # Open the dataset first: a missing or foreign folder is named before any model is built.
+    datasets = {
+        protocol: ReenactmentDataset(
+            args.dataset, args.split, targets=args.targets, seed=args.seed, cross=protocol == "cross"
+        )
+        for protocol in PROTOCOLS[args.protocol]
+    }
     pipeline = Pipeline.from_yaml(args.pipeline or default_pipeline_path())
     if args.weights:
         load_pipeline_weights(pipeline, args.weights)
@@ -108,10 +122,7 @@ def cmd_eval(args) -> int:
         methods[BASELINE] = source_baseline
     results: dict = {m: {} for m in methods}
     frames: dict = {m: {} for m in methods}
-    for protocol in PROTOCOLS[args.protocol]:
-        data = ReenactmentDataset(
-            args.dataset, args.split, targets=args.targets, seed=args.seed, cross=protocol == "cross"
-        )
+    for protocol, data in datasets.items():
         head = pipeline.config.headmodel.name
         if data.info.head_model != head:
             raise InputError(

@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gshead.core.errors import InputError
+from gshead.core.errors import InputError, require_number
 from gshead.core.types import HeadParams
 from gshead.jobs.posing import export_gaussians
 
 if TYPE_CHECKING:
     from gshead.io.avatar import LoadedAvatar
+
+
+TRANSLATION_LIMIT = 1000.0  # |--translation| in model units
 
 
 def export_params(
@@ -38,20 +41,21 @@ def export_params(
     """Neutral parameters of the avatar's head model with the named expression values, jaw
     opening (radians, about +x), eye rotations (6 axis-angle values, radians), head rotation
     (axis-angle in degrees) and translation (model units). Unknown expression name: InputError."""
-    from gshead.commands.headmodel import head_params
+    from gshead.commands.headmodel import ANGLE_LIMIT, head_params
 
     params = head_params(loaded.head_model, expression, None, jaw)
     changes = {}
-    for name, values, size, scale in (
-        ("eyes", eyes, 6, 1.0),
-        ("rotation", pose_degrees, 3, math.pi / 180.0),
-        ("translation", translation, 3, 1.0),
+    for name, flag, values, size, scale, limit, unit in (
+        ("eyes", "--eyes", eyes, 6, 1.0, ANGLE_LIMIT, "radians"),
+        ("rotation", "--pose", pose_degrees, 3, math.pi / 180.0, 360.0, "degrees"),
+        ("translation", "--translation", translation, 3, 1.0, TRANSLATION_LIMIT, "model units"),
     ):
         if values is None:
             continue
         if len(values) != size:
-            raise InputError(f"--{name}: expected {size} numbers, got {len(values)}")
-        changes[name] = torch.tensor([[float(v) * scale for v in values]], dtype=params.rotation.dtype)
+            raise InputError(f"{flag}: expected {size} numbers, got {len(values)}")
+        values = [require_number(v, flag, -limit, limit, unit) for v in values]
+        changes[name] = torch.tensor([[v * scale for v in values]], dtype=params.rotation.dtype)
     return params.replace(**changes)
 
 
@@ -66,13 +70,11 @@ def export(
     sh_degree: int = 3,
 ) -> int:
     """Load ``avatar_path``, pose it, write ``output`` (.ply) atomically; returns the Gaussian count."""
-    from pathlib import Path
-
     from gshead.io.avatar import load_avatar
+    from gshead.io.media import check_output
     from gshead.io.ply import write_ply
 
-    if Path(output).suffix.lower() != ".ply":
-        raise InputError(f"{output}: expected a .ply file name")
+    check_output(output, accepts=(".ply",), inputs=(avatar_path,), what="a PLY file")
     loaded = load_avatar(avatar_path)
     params = export_params(loaded, expression, jaw, eyes, pose_degrees, translation)
     gaussians = export_gaussians(loaded, params)

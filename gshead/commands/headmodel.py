@@ -12,6 +12,7 @@ not a renderer of avatars. The PNG is written atomically.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gshead.core.errors import ConfigError, InputError
+from gshead.core.errors import ConfigError, InputError, require_number
 
 if TYPE_CHECKING:
     from gshead.core.registry import Registry
@@ -99,6 +100,11 @@ def info(name: str, fields: dict[str, Any] | None = None, registry: Registry | N
 
 
 # ----------------------------------------------------------------------------------- render
+EXPRESSION_LIMIT = 10.0  # |expression value|: units of the model's expression basis
+IDENTITY_LIMIT = 10.0  # |identity coefficient|
+ANGLE_LIMIT = round(2 * math.pi, 4)  # |axis-angle| in radians (one full turn)
+
+
 def head_params(model, expression: dict[str, float] | None, identity: list[float] | None, jaw: float):
     """Neutral parameters with named expression values, leading identity coefficients, jaw opening."""
     params = model.neutral(1)
@@ -108,12 +114,15 @@ def head_params(model, expression: dict[str, float] | None, identity: list[float
             raise InputError(
                 f"head model has no expression {key!r}; expected one of: {', '.join(model.expression_names)}"
             )
-        expr[0, model.expression_names.index(key)] = float(value)
+        value = require_number(value, f"--expression {key}=", -EXPRESSION_LIMIT, EXPRESSION_LIMIT)
+        expr[0, model.expression_names.index(key)] = value
     ident = params.identity.clone()
     if identity:
         if len(identity) > model.identity_dim:
             raise InputError(f"--identity: {len(identity)} values, but the model has {model.identity_dim}")
+        identity = [require_number(v, "--identity", -IDENTITY_LIMIT, IDENTITY_LIMIT) for v in identity]
         ident[0, : len(identity)] = torch.tensor(identity, dtype=ident.dtype)
+    jaw = require_number(jaw, "--jaw", -ANGLE_LIMIT, ANGLE_LIMIT, "radians")
     jaw_t = torch.tensor([[float(jaw), 0.0, 0.0]], dtype=params.jaw.dtype)  # about +x: positive opens
     return params.replace(expression=expr, identity=ident, jaw=jaw_t)
 
@@ -206,13 +215,11 @@ def render(
     """
     from PIL import Image
 
-    from gshead.io.media import atomic_output
+    from gshead.io.media import atomic_output, check_output
 
     if not 16 <= int(size) <= 4096:
         raise InputError(f"--size {size}: expected 16..4096 pixels")
-    output = Path(output)
-    if output.suffix.lower() != ".png":
-        raise InputError(f"{output}: expected a .png file name")
+    output = check_output(output, accepts=(".png",), what="a PNG image")
     model = build_head_model(name, fields, registry)
     with torch.no_grad():
         mesh = model(head_params(model, expression, identity, jaw))

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gshead.core.errors import AvatarFileError, ConfigError
+from gshead.core.errors import AvatarFileError, ConfigError, require_finite
 
 GAGAVATAR_COMPONENTS = {
     "encoder": "dinov2",
@@ -170,10 +170,11 @@ def import_gagavatar(
     from safetensors.torch import save_file
 
     from gshead.core.config import dump_pipeline
-    from gshead.io.media import atomic_output
+    from gshead.io.media import atomic_output, check_output
     from gshead.io.weights import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, state_dict_problems
 
     checkpoint, output = Path(checkpoint), Path(output)
+    check_output(output, accepts=(".safetensors",), inputs=(checkpoint, pipeline_yaml), what="pipeline weights")
     state = read_checkpoint(checkpoint)
     if pipeline is None:
         pipeline = _build_pipeline(pipeline_yaml)
@@ -213,6 +214,7 @@ def import_gagavatar(
         "pipeline": dump_pipeline(config),
         "source": f"gagavatar {checkpoint.name}",
     }
+    require_finite(tensors, f"{output}: pipeline weights from {checkpoint.name} not written")
     with atomic_output(output) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return {

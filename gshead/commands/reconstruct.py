@@ -23,13 +23,16 @@ def cmd_reconstruct(args) -> int:
     from gshead.core.errors import InputError
     from gshead.core.pipeline import Pipeline
     from gshead.io.avatar import save_avatar
-    from gshead.io.media import read_image
+    from gshead.io.media import check_output, read_image
     from gshead.io.weights import load_pipeline_weights
 
     if args.fit_steps < 0:
         raise InputError(f"--fit-steps {args.fit_steps}: expected a whole number >= 0 (0 = no fitting)")
     if not args.fit_lr > 0 or args.fit_lr == float("inf"):
         raise InputError(f"--fit-lr {args.fit_lr}: expected a finite number > 0")
+    check_output(
+        args.output, accepts=(".safetensors",), inputs=(args.image, args.weights, args.pipeline), what="an avatar"
+    )
     torch.set_grad_enabled(False)
     fit = None
     with progress(total=5 if args.fit_steps else 4, desc="reconstruct", unit="step", disable=args.quiet) as bar:

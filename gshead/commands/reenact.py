@@ -17,6 +17,10 @@ from pathlib import Path
 from gshead.commands._progress import progress
 
 
+MAX_FRAMES = 100_000  # --frames of demo motion (about 67 minutes at 25 fps)
+MIN_FPS, MAX_FPS = 0.1, 1000.0
+
+
 def _driving_params(args, loaded):
     """Head parameters [T] for ``--driver`` (demo motion, a sequence file, or a video)."""
     from gshead.core.errors import InputError
@@ -53,19 +57,27 @@ def _driving_params(args, loaded):
 def cmd_reenact(args) -> int:
     import torch
 
-    from gshead.core.errors import InputError
+    from gshead.core.errors import InputError, require_int, require_number
     from gshead.io.avatar import load_avatar
-    from gshead.io.media import VideoWriter
+    from gshead.io.media import VIDEO_OUTPUT_SUFFIXES, VideoWriter, check_output
 
     if args.size is not None and not 16 <= args.size <= 4096:
         raise InputError(f"--size {args.size}: expected a side between 16 and 4096 pixels")
     if args.batch < 1:
         raise InputError(f"--batch {args.batch}: expected at least 1 frame per step")
+    require_int(args.frames, "--frames", 1, MAX_FRAMES, "frames")
+    require_number(args.fps, "--fps", MIN_FPS, MAX_FPS, "frames per second")
 
     from gshead.commands import _views as views
 
     if not 0.0 <= args.orbit_degrees <= 180.0:
         raise InputError(f"--orbit-degrees {args.orbit_degrees:g}: expected 0 to 180 degrees")
+    check_output(
+        args.output,
+        accepts=(*VIDEO_OUTPUT_SUFFIXES, ".png"),
+        inputs=(args.avatar, args.driver),
+        what="a video (or a .png frame grid)",
+    )
     grid = Path(args.output).suffix.lower() == ".png"
 
     torch.set_grad_enabled(False)

@@ -21,9 +21,11 @@ def cmd_track(args) -> int:
     from gshead.core.components import LandmarkTracker
     from gshead.core.config import default_pipeline_path, load_pipeline
     from gshead.core.registry import get_registry
+    from gshead.io.media import check_output
     from gshead.io.sequence import save_sequence
     from gshead.jobs.tracking import track_with_pipeline
 
+    check_output(args.output, accepts=(".safetensors",), inputs=(args.input, args.pipeline), what="a tracked sequence")
     torch.set_grad_enabled(False)
     config = load_pipeline(args.pipeline or default_pipeline_path(), get_registry())
 

@@ -39,9 +39,9 @@ def cmd_train(args) -> int:
     overrides = {"steps": args.steps} if args.steps is not None else None
     config_path = shipped_config(args.config)
     config = load_train_config(config_path, overrides)
-    run_dir = Path(args.output) if args.output else Path("runs") / config_path.stem
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: is a file; expected a run folder")
+    from gshead.io.media import check_output
+
+    run_dir = check_output(args.output or Path("runs") / config_path.stem, folder=True, what="a run folder")
     trainer = Trainer(config, run_dir, quiet=args.quiet)
     try:
         if not args.resume and trainer.dist.is_main:

@@ -29,7 +29,7 @@ from gshead.core.components import (
     RefinerConfig,
     TrackerConfig,
 )
-from gshead.core.errors import ConfigError
+from gshead.core.errors import ConfigError, bounded_repr, shorten
 
 if TYPE_CHECKING:
     from gshead.core.registry import Registry
@@ -139,7 +139,7 @@ def _describe(error: dict[str, Any], registry: Registry, source: str) -> str:
         got = got.get("name") if isinstance(got, dict) else got
         if etype == "union_tag_not_found":
             return f"{where}{kind}: missing 'name'; expected one of: {names}"
-        return f"{where}{kind}.name: unknown {kind} {got!r}; expected one of: {names}"
+        return f"{where}{kind}.name: unknown {kind} {bounded_repr(got)}; expected one of: {names}"
     comp = None
     if kind:
         specs = registry.components(kind)
@@ -159,7 +159,7 @@ def _describe(error: dict[str, Any], registry: Registry, source: str) -> str:
         return f"{where}{path}: missing; a value is required"
     if etype == "value_error" and not loc:  # a check across slots (``PipelineConfig`` validators)
         return f"{where}{str(error['msg']).removeprefix('Value error, ')}"
-    return f"{where}{path}: {error['msg']} (got {error.get('input')!r})"
+    return f"{where}{shorten(path, 80)}: {shorten(error['msg'], 100)} (got {bounded_repr(error.get('input'))})"
 
 
 def validate_pipeline(data: Any, registry: Registry, source: str = "") -> PipelineConfig:
@@ -177,20 +177,94 @@ def validate_pipeline(data: Any, registry: Registry, source: str = "") -> Pipeli
         raise ConfigError(first + more) from None
 
 
+YAML_MAX_VALUES = 100_000
+"""The most values (scalars, lists, mappings) a YAML file may hold once its aliases are expanded."""
+YAML_MAX_DEPTH = 64
+"""The deepest nesting of lists and mappings a YAML file may have."""
+YAML_MAX_BYTES = 10_000_000
+"""The largest YAML file gshead reads."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand to more than
+    ``YAML_MAX_VALUES`` values, nests deeper than ``YAML_MAX_DEPTH`` or refers to itself, before
+    anything is constructed (a "billion laughs" file fails in milliseconds)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        self._check_size(node)
+        return node
+
+    def _check_size(self, root) -> None:
+        sizes: dict[int, int] = {}
+        active: set[int] = set()
+
+        def size(node, depth: int) -> int:
+            key = id(node)
+            if key in sizes:
+                return sizes[key]
+            if depth > YAML_MAX_DEPTH:
+                raise _YamlLimit(f"is nested deeper than {YAML_MAX_DEPTH} levels (the cap)")
+            if key in active:
+                raise _YamlLimit("has an alias that refers to a value containing it")
+            total = 1
+            if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+                active.add(key)
+                children = node.value if isinstance(node, yaml.SequenceNode) else [c for kv in node.value for c in kv]
+                for child in children:
+                    total += size(child, depth + 1)
+                    if total > YAML_MAX_VALUES:
+                        raise _YamlLimit(f"expands (aliases included) to more than {YAML_MAX_VALUES} values (the cap)")
+                active.discard(key)
+            sizes[key] = total
+            return total
+
+        size(root, 0)
+
+
+class _YamlLimit(Exception):
+    """A YAML document over one of the caps of ``_BoundedLoader``."""
+
+
+def safe_load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the caps of ``_BoundedLoader``; raises ``yaml.YAMLError``,
+    ``_YamlLimit`` or ``RecursionError``."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
-    """The data of a YAML file (``yaml.safe_load``); one-line ``ConfigError`` naming ``what``
-    (e.g. "pipeline config") when it cannot be read or parsed."""
+    """The data of a YAML file (``yaml.safe_load``, with caps on size, nesting and alias
+    expansion); one-line ``ConfigError`` naming ``what`` (e.g. "pipeline config") when it cannot
+    be read, decoded or parsed."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes() if not path.is_file() or path.stat().st_size <= YAML_MAX_BYTES else None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+        raise ConfigError(f"{shorten(path, 120)}: cannot read {what} ({exc.strerror or exc})") from None
+    if raw is None:
+        raise ConfigError(f"{shorten(path, 120)}: {what} is larger than {YAML_MAX_BYTES} bytes (the cap)")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{shorten(path, 120)}: {what} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+            "expected a YAML file"
+        ) from None
+    try:
+        data = safe_load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        problem = shorten(getattr(exc, "problem", None) or exc, 120)
+        raise ConfigError(f"{shorten(path, 120)}: not valid YAML{at}: {problem}") from None
+    except _YamlLimit as exc:
+        raise ConfigError(f"{shorten(path, 120)}: {what} {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{shorten(path, 120)}: {what} is nested too deeply (at most {YAML_MAX_DEPTH} levels)") from None
     return data
 
 

@@ -35,3 +35,92 @@ class AvatarFileError(GsheadError):
 
 class ContractViolation(GsheadError, AssertionError):
     """A component broke the reconstruction/driving contract (see gshead.core.contract)."""
+
+
+def shorten(text: object, limit: int = 240) -> str:
+    """``text`` on one line, at most ``limit`` characters: whitespace runs (newlines included)
+    become one space and a longer text keeps its start and end around an ellipsis."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 3, 2)
+    head = (keep * 2) // 3
+    return f"{text[:head]}...{text[len(text) - (keep - head):]}"
+
+
+def bounded_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` computed with bounded cost (nested containers and long values elided)
+    and at most about ``limit`` characters: safe for values of any size or depth."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxlong, r.maxother = limit, 40, limit
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not turn an error into a crash
+        text = f"<{type(value).__name__}>"
+    return shorten(text, limit)
+
+
+class NonFiniteError(GsheadError, ValueError):
+    """A tensor to be written (or just read) holds NaN or infinite values."""
+
+
+def require_finite(tensors, what: str, error: type[GsheadError] = NonFiniteError) -> None:
+    """Raise ``error`` (one line) naming the first tensor of ``tensors`` ({name: torch tensor or
+    NumPy array}) with a NaN or infinite value, and how many it has. Integer tensors pass.
+
+    Writers call it before anything is written ("finite or nothing"); readers of weights on load."""
+    import numpy as np
+    import torch
+
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            if not (value.is_floating_point() or value.is_complex()) or value.numel() == 0:
+                continue
+            finite = torch.isfinite(value.detach())
+            if bool(finite.all()):
+                continue
+            bad, total = int(finite.numel() - finite.sum()), value.numel()
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind not in "fc" or value.size == 0:
+                continue
+            finite = np.isfinite(value)
+            if finite.all():
+                continue
+            bad, total = int(finite.size - finite.sum()), value.size
+        else:
+            continue
+        raise error(f"{what}: tensor {name!r} has {bad} non-finite (NaN or infinite) values of {total}; expected finite numbers")
+
+
+def require_number(value, flag: str, low: float, high: float, unit: str = "") -> float:
+    """``value`` as a float if it is finite and in [low, high]; else a one-line ``InputError``
+    naming ``flag`` and the range."""
+    import math
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        sep = "" if flag.endswith("=") else " "
+        raise InputError(f"{flag}{sep}{_short(value)}: expected a finite number from {low:g} to {high:g}{' ' + unit if unit else ''}")
+    return number
+
+
+def require_int(value, flag: str, low: int, high: int, unit: str = "") -> int:
+    """``value`` if it is an integer in [low, high]; else a one-line ``InputError`` naming ``flag``
+    and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{flag} {_short(value)}: expected an integer from {low} to {high}{' ' + unit if unit else ''}")
+    return value
+
+
+def _short(value) -> str:
+    try:
+        text = str(value)
+    except ValueError:  # an int too long to print
+        return "(a huge number)"
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -5,9 +5,13 @@ How it works, in four steps (all on first use, never at import):
 2. the built-in plugin modules (``DEFAULT_PLUGINS`` below: the registry owns that list, like
    llm's) are imported and registered, exactly as a third-party plugin would be;
 3. third-party plugins are loaded from the entry-point group ``gshead``, unless
-   ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD`` is set; ``GSHEAD_BLOCK_PLUGINS=a,b`` skips named ones
-   (entry-point names or built-in module names). A plugin that fails to import is skipped
-   with a warning naming it;
+   ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD`` is ``1``, ``true`` or ``yes`` (any case; ``0``, ``false``,
+   ``no`` and empty leave autoload on). ``GSHEAD_BLOCK_PLUGINS=a,b`` (comma-separated) blocks:
+   a component by the name ``gshead plugins`` shows (``mesh-bound``, or ``driver:mesh-bound``
+   for one kind only), whichever plugin registers it; a built-in module
+   (``gshead.plugins.drivers.mesh_bound``); an entry-point name or a third-party distribution
+   name (all of that plugin's components). A blocked built-in is never imported. A plugin that
+   fails to import is skipped with a warning naming it;
 4. each ``gshead_register_<kind>s`` hook is called with a ``Register`` object (``register.add(
    config_class, factory)``, or call it) that records the component under the name in the
    config's ``name`` field. Two components of one kind with one name is an error naming both
@@ -34,6 +38,8 @@ from gshead.core.errors import PluginError, UnknownComponentError
 ENV_DISABLE_AUTOLOAD = "GSHEAD_DISABLE_PLUGIN_AUTOLOAD"
 ENV_BLOCK = "GSHEAD_BLOCK_PLUGINS"
 ENTRY_POINT_GROUP = "gshead"
+TRUE_WORDS = frozenset({"1", "true", "yes"})
+"""Values (any case, surrounding spaces ignored) that turn ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD`` on."""
 BUILTIN_SOURCE = "gshead"
 
 DEFAULT_PLUGINS: tuple[str, ...] = tuple(
@@ -66,15 +72,18 @@ class Registry:
     ) -> None:
         """
         :param builtin: module names of built-in plugins (default: ``DEFAULT_PLUGINS``).
-        :param autoload: load entry-point plugins (default: unless ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD``).
-        :param blocked: plugin names to skip (default: ``GSHEAD_BLOCK_PLUGINS``, comma-separated).
+        :param autoload: load entry-point plugins (default: unless ``GSHEAD_DISABLE_PLUGIN_AUTOLOAD``
+            is one of ``TRUE_WORDS``).
+        :param blocked: component names (``name`` or ``kind:name``), built-in module names,
+            entry-point names or distribution names to skip (default: ``GSHEAD_BLOCK_PLUGINS``,
+            comma-separated).
         :param extra_plugins: ``(source name, plugin object)`` pairs registered after the rest
             (tests use this to add a plugin module without installing it).
         """
         if builtin is None:
             builtin = DEFAULT_PLUGINS
         if autoload is None:
-            autoload = not os.environ.get(ENV_DISABLE_AUTOLOAD)
+            autoload = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() not in TRUE_WORDS
         if blocked is None:
             blocked = [b.strip() for b in os.environ.get(ENV_BLOCK, "").split(",") if b.strip()]
         self._builtin = tuple(builtin)
@@ -95,7 +104,7 @@ class Registry:
         if self._specs is not None:
             return self._specs
         for module_name in self._builtin:
-            if module_name in self._blocked:
+            if module_name in self._blocked or self._blocks_builtin_module(module_name):
                 continue
             self._add_plugin(importlib.import_module(module_name), module_name, BUILTIN_SOURCE)
         if self._autoload:
@@ -103,6 +112,8 @@ class Registry:
                 if ep.name in self._blocked or self.plugin_manager.has_plugin(ep.name):
                     continue
                 dist = ep.dist.name if ep.dist is not None else ep.value
+                if dist in self._blocked and dist != BUILTIN_SOURCE:
+                    continue
                 try:
                     plugin = ep.load()
                 except Exception as exc:  # a broken plugin must not take the others down
@@ -123,7 +134,7 @@ class Registry:
             # every component knows which plugin registered it.
             for impl in hook.get_hookimpls():
                 source = self._sources.get(impl.plugin_name, impl.plugin_name)
-                register = Register(info.kind, source, specs[info.kind])
+                register = Register(info.kind, source, specs[info.kind], blocked=self._blocked)
                 try:
                     impl.function(register=register)
                 except PluginError:
@@ -136,6 +147,15 @@ class Registry:
                     register.close()
         self._specs = specs
         return specs
+
+    def _blocks_builtin_module(self, module_name: str) -> bool:
+        """True when a blocked component name is the one built-in module ``module_name`` registers
+        (``gshead.plugins.<kind>s.<m>`` registers ``<kind>`` ``m`` with ``_`` read as ``-``)."""
+        parts = module_name.split(".")
+        if len(parts) != 4 or parts[:2] != ["gshead", "plugins"] or not parts[2].endswith("s"):
+            return False
+        kind, name = parts[2][:-1], parts[3].replace("_", "-")
+        return name in self._blocked or f"{kind}:{name}" in self._blocked
 
     # -- queries -------------------------------------------------------------------------
     def components(self, kind: Kind) -> dict[str, ComponentSpec]:
@@ -172,8 +192,15 @@ class Register:
     adds one component; ``register.kind`` says which kind the hook registers.
     """
 
-    def __init__(self, kind: Kind, source: str, into: dict[str, ComponentSpec]) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        source: str,
+        into: dict[str, ComponentSpec],
+        blocked: typing.AbstractSet[str] = frozenset(),
+    ) -> None:
         self._kind, self._source, self._into = kind, source, into
+        self._blocked = blocked  # component names (``name`` or ``kind:name``) dropped silently
         self._open = True
 
     @property
@@ -219,6 +246,8 @@ class Register:
             )
         if factory is None or not callable(factory):
             raise PluginError(f"plugin {self._source!r}: {self._kind} {name!r} needs a callable factory")
+        if name in self._blocked or f"{self._kind}:{name}" in self._blocked:
+            return  # GSHEAD_BLOCK_PLUGINS names it: absent, and no duplicate-name error
         if name in self._into:
             other = self._into[name].source
             raise PluginError(f"duplicate {self._kind} name {name!r}: registered by {other} and by {self._source}")

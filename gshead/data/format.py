@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gshead.core.errors import InputError
+from gshead.core.errors import InputError, require_finite
 from gshead.core.types import Camera, HeadParams, ReenactmentSample
 
 FORMAT = "gshead.dataset"
@@ -190,9 +190,14 @@ def split_identities(
     that rounds to nothing takes one identity from the largest split when that split keeps at
     least one. Which identities go where is a seeded permutation.
     """
-    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+    if (
+        len(fractions) != len(SPLITS)
+        or not all(isinstance(f, (int, float)) and 0.0 <= f <= 1.0 for f in fractions)  # NaN fails too
+        or abs(sum(fractions) - 1.0) > 1e-6
+    ):
+        shown = " ".join(f"{f:g}" if isinstance(f, (int, float)) else repr(f) for f in fractions)
         raise InputError(
-            f"splits {tuple(fractions)}: expected three non-negative fractions (train, val, test)"
+            f"--splits {shown[:60]}: expected three fractions from 0 to 1 (train, val, test) that sum to 1"
         )
     total = float(sum(fractions))
     exact = [identities * f / total for f in fractions]
@@ -273,7 +278,9 @@ class _DatasetBuilder:
             return
         name = f"{SHARD_FOLDER}/{split}-{len(self.shards[split]):05d}.safetensors"
         path = self.folder / name
-        save_file(_clip_tensors(clips), str(path), metadata={"format": FORMAT})  # one key: byte-stable
+        tensors = _clip_tensors(clips)
+        require_finite(tensors, f"dataset shard {name}: not written")
+        save_file(tensors, str(path), metadata={"format": FORMAT})  # one key: byte-stable
         os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0o600; make it an ordinary file
         self.shards[split].append(name)
         self.pending[split] = []

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from gshead.core.components import Driver, HeadModel, Rasterizer, Refiner
 from gshead.core.config import PipelineConfig
-from gshead.core.errors import AvatarFileError, ConfigError, GsheadError, PluginError
+from gshead.core.errors import AvatarFileError, ConfigError, GsheadError, PluginError, require_finite
 from gshead.io.media import atomic_output, read_safetensors
 from gshead.core.registry import Registry, get_registry
 from gshead.core.types import (
@@ -51,6 +51,7 @@ def save_avatar(path: str | Path, avatar: Avatar, pipeline: Pipeline) -> None:
         if isinstance(module, torch.nn.Module):
             for key, value in module.state_dict().items():
                 tensors[f"weights.{slot}.{key}"] = value.detach().contiguous().clone()
+    require_finite(tensors, f"{path}: avatar not written")
     p = avatar.provenance
     metadata = {
         "format": FORMAT,
@@ -99,6 +100,23 @@ def _gaussians(t: dict[str, Tensor]) -> Gaussians:
     return Gaussians(t["means"], t["quats"], t["scales"], t["opacities"], t["features"])
 
 
+def _check_face_index(path: Path, face_index: Tensor, head_model: HeadModel) -> None:
+    """``rig.binding.face_index`` must hold integers that index the head model's triangles."""
+    field = "tensor 'rig.binding.face_index'"
+    if face_index.dtype.is_floating_point or face_index.dtype.is_complex or face_index.dtype == torch.bool:
+        raise AvatarFileError(f"{path}: {field} must hold integers; got {face_index.dtype}")
+    faces = getattr(head_model, "faces", None)
+    if not isinstance(faces, Tensor) or face_index.numel() == 0:
+        return
+    count = int(faces.shape[0])
+    low, high = int(face_index.min()), int(face_index.max())
+    if low < 0 or high >= count:
+        raise AvatarFileError(
+            f"{path}: {field} must lie in [0, {count - 1}] (the head model's {count} triangles); "
+            f"found values from {low} to {high}"
+        )
+
+
 def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAvatar:
     """Read an avatar file and rebuild its driver, rasterizer and refiner with their weights."""
     from gshead.core.config import validate_pipeline
@@ -114,15 +132,20 @@ def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAva
             f"{path}: avatar format version {meta.get('format_version')!r} written by gshead "
             f"{meta.get('gshead_version')}; this gshead reads version {FORMAT_VERSION!r}"
         )
+    from gshead.io._metadata import int_field, int_list, json_field
+
+    stored = json_field(meta, "pipeline", path, dict)
+    width, height = int_list(meta, "camera_size", path, length=2, low=1, high=1 << 16)
+    encoder_channels = tuple(int_list(meta, "encoder_channels", path, max_length=64, low=0, high=1 << 16))
+    encoder_global = int_field(meta, "encoder_global_channels", path, low=0, high=1 << 16)
     try:
-        config = validate_pipeline(json.loads(meta["pipeline"]), registry, source="pipeline stored in avatar")
+        config = validate_pipeline(stored, registry, source="pipeline stored in avatar")
     except (ConfigError, PluginError, KeyError, json.JSONDecodeError) as exc:
         raise AvatarFileError(
             f"{path}: made by a pipeline this installation cannot rebuild ({exc}); install the plugins "
             f"it used or use the gshead version that wrote it ({meta.get('gshead_version')})"
         ) from None
     try:
-        width, height = json.loads(meta["camera_size"])
         avatar = Avatar(
             static=_gaussians(_take(tensors, "static.")),
             rig=Rig(
@@ -140,8 +163,6 @@ def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAva
                 created=meta["created"],
             ),
         )
-        encoder_channels = tuple(json.loads(meta["encoder_channels"]))
-        encoder_global = int(meta["encoder_global_channels"])
     except (KeyError, TypeError, ValueError, GsheadError) as exc:
         raise AvatarFileError(f"{path}: avatar file is missing or has malformed entries ({exc})") from None
 
@@ -149,6 +170,7 @@ def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAva
         config, DRIVING_SLOTS, registry, encoder_channels=encoder_channels, encoder_global_channels=encoder_global
     )
     head_model = built["headmodel"]
+    _check_face_index(path, avatar.rig.binding.face_index, head_model)
     parts = {slot: built[slot] for slot in DRIVING_SLOTS}
     for slot, module in parts.items():
         if not isinstance(module, torch.nn.Module):

@@ -15,7 +15,8 @@ import contextlib
 import math
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -150,6 +151,93 @@ def square_resize(image: Tensor, size: int) -> Tensor:
 
 # --------------------------------------------------------------------------------------------- outputs
 
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
+"""Containers ``VideoWriter`` can put H.264 into (WebM cannot hold H.264)."""
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    accepts: tuple[str, ...] = (),
+    inputs: Iterable[str | os.PathLike | None] = (),
+    what: str = "the output",
+    folder: bool = False,
+) -> Path:
+    """Refuse, with a one-line InputError naming ``path``, an output a command must not write.
+
+    Refused: ``-`` (standard output is not supported); a target that exists and is not a regular
+    file (a folder, a device such as /dev/null, a FIFO) or, with ``folder=True``, not a folder;
+    a suffix not in ``accepts`` (lower-case, with the dot; empty = any); and a target that is the
+    same file as one of ``inputs`` (resolved paths, and ``os.path.samefile`` for hard links) or,
+    for a folder, that is or contains an input. ``inputs`` may hold None and non-file names such
+    as ``example:astronaut`` or ``demo``; those are skipped. Returns ``Path(path)``.
+    """
+    text = os.fspath(path)
+    if text == "-":
+        raise InputError(f"-: writing {what} to standard output is not supported; give a file name")
+    if not text.strip():
+        raise InputError(f"{text!r}: empty output name; give a file name")
+    out = Path(text)
+    try:
+        info = os.stat(out)  # follows symlinks: a link to /dev/null is a device
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise InputError(f"{out}: cannot check the output ({_reason(exc)})") from None
+    if info is not None:
+        import stat
+
+        if folder:
+            if not stat.S_ISDIR(info.st_mode):
+                raise InputError(f"{out}: exists and is not a folder; expected a folder name for {what}")
+        elif stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{out}: is a folder; expected a file name to write {what} to")
+        elif not stat.S_ISREG(info.st_mode):
+            raise InputError(
+                f"{out}: exists and is not a regular file (a device, FIFO or socket); refusing to replace it"
+            )
+    if accepts and out.suffix.lower() not in accepts:
+        got = f"suffix {out.suffix!r}" if out.suffix else "no suffix"
+        names = accepts[0] if len(accepts) == 1 else f"{', '.join(accepts[:-1])} or {accepts[-1]}"
+        raise InputError(f"{out}: cannot write {what} with {got}; expected a {names} file name")
+    resolved = out.resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source_path = Path(os.fspath(source))
+        if not source_path.exists():
+            continue  # example:astronaut, demo, or a missing file (its reader reports that)
+        same = source_path.resolve() == resolved
+        if not same and info is not None:
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(source_path, out)
+        if same:
+            raise InputError(f"{out}: is the same file as the input {source}; choose another output name")
+        if folder and resolved in source_path.resolve().parents:
+            raise InputError(f"{out}: contains the input {source}; choose an output folder outside it")
+    return out
+
+
+def _new_file_mode() -> int:
+    """``0o666 & ~umask``: the mode an ordinary new file gets."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _honour_umask(temporary: Path) -> None:
+    """Give the regular files at or under ``temporary`` the mode of an ordinary new file.
+
+    Some writers (safetensors) replace the temporary file with one of mode 0o600; the output
+    should instead be ``0o666 & ~umask``, like any file the user creates.
+    """
+    mode = _new_file_mode()
+    files = [temporary] if not temporary.is_dir() else [p for p in temporary.rglob("*") if p.is_file()]
+    for file in files:
+        with contextlib.suppress(OSError):
+            if not file.is_symlink():
+                os.chmod(file, mode)
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
@@ -159,6 +247,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     work) and already exists, empty, with the usual permissions. If the block raises anything,
     KeyboardInterrupt included, the temporary file is deleted and the exception propagates; the
     file at ``path``, if any, is left untouched. The parent folder must exist (InputError otherwise).
+    Stale temporary files for the same ``path`` that a killed earlier run left behind are removed
+    first (see ``remove_stale_partials``).
     """
     path = Path(path)
     parent = path.parent
@@ -166,9 +256,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise InputError(f"{parent}: no such folder; expected an existing folder to write {path.name} into")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; expected a file name to write to")
+    remove_stale_partials(parent, path.stem, path.suffix)
     temporary = _create_temporary(parent, path)
     try:
         yield temporary
+        _honour_umask(temporary)  # writers such as safetensors recreate the file as 0o600
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -182,21 +274,24 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     ``path`` by one rename (an existing folder there is moved aside first and deleted after).
 
     If the block raises anything, KeyboardInterrupt included, the temporary folder is deleted and
-    ``path`` is left as it was. The parent folder must exist.
+    ``path`` is left as it was. The parent folder must exist. Stale temporary folders for the same
+    ``path`` that a killed earlier run left behind are removed first (see ``remove_stale_partials``).
     """
     import shutil
 
     path = Path(path)
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+    remove_stale_partials(path.parent, path.name, "")
+    temporary = path.parent / f".{path.name}.{_owner_tag()}.partial"
     temporary.mkdir()
     try:
         yield temporary
         old = None
         if path.is_dir() and any(path.iterdir()):
-            old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old"
+            old = path.parent / f".{path.name}.{_owner_tag()}.old"
             os.replace(path, old)
         elif path.is_dir():
             path.rmdir()
+        _honour_umask(temporary)
         os.replace(temporary, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -205,10 +300,93 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+STALE_PARTIAL_AGE = 24 * 3600
+"""Seconds after which a temporary output is stale even if the process that made it still runs."""
+
+_TAG = r"(?P<pid>[1-9][0-9]{0,9})-(?P<time>[0-9]{1,12})-[0-9a-f]{8}"
+_LEGACY_TAG = r"[0-9a-f]{8}"  # before the owner was encoded: ``.<name>.<random>.partial<suffix>``
+
+
+def _owner_tag() -> str:
+    """``<pid>-<unix time>-<random>``: who made a temporary output, and when."""
+    return f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (signal 0 delivers nothing; it only checks)."""
+    if pid <= 0:
+        return True  # never signal a process group; treat as "not known dead"
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or cannot tell: keep it
+        return True
+    return True
+
+
+def remove_stale_partials(parent: str | Path, stem: str, suffix: str) -> list[Path]:
+    """Delete temporary outputs that a killed earlier run left in ``parent`` for one target.
+
+    Only names that ``atomic_output``/``atomic_directory`` create for this target are looked at:
+    ``.<stem>.<pid>-<time>-<random>.partial<suffix>`` (files and folders), and the
+    ``.<stem>.<pid>-<time>-<random>.old`` folder ``atomic_directory`` moves a previous version to.
+    One is stale when process ``pid`` no longer exists, or when it is older than
+    ``STALE_PARTIAL_AGE`` (a reused pid). Old-style names without an owner
+    (``.<stem>.<random>.partial<suffix>``) are stale once older than ``STALE_PARTIAL_AGE``.
+    A stale ``.old`` folder is removed only while the target itself exists (otherwise it is the
+    last complete version and is kept). Errors are ignored: cleaning up is best effort.
+    Returns the paths removed.
+    """
+    import re
+    import shutil
+
+    parent = Path(parent)
+    name = re.escape(stem)
+    ext = re.escape(suffix)
+    current = re.compile(rf"\.{name}\.{_TAG}\.(?P<kind>partial{ext}|old)")
+    legacy = re.compile(rf"\.{name}\.{_LEGACY_TAG}\.partial{ext}")
+    now = time.time()
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = current.fullmatch(entry.name)
+        if match is not None:
+            if match["kind"] == "old" and not (parent / f"{stem}{suffix}").exists():
+                continue
+            if match["kind"] == "old" and not entry.is_dir(follow_symlinks=False):
+                continue
+            stale = not _pid_alive(int(match["pid"])) or now - int(match["time"]) > STALE_PARTIAL_AGE
+        elif legacy.fullmatch(entry.name) is not None:
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_PARTIAL_AGE
+            except OSError:
+                continue
+        else:
+            continue
+        if not stale:
+            continue
+        target = parent / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        except OSError:
+            continue
+        removed.append(target)
+    return removed
+
+
 def _create_temporary(parent: Path, path: Path) -> Path:
-    """Create a new empty hidden file ``.<stem>.<random>.partial<suffix>`` in ``parent``."""
+    """Create a new empty hidden file ``.<stem>.<pid>-<time>-<random>.partial<suffix>`` in ``parent``."""
     for _ in range(100):
-        candidate = parent / f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}"
+        candidate = parent / f".{path.stem}.{_owner_tag()}.partial{path.suffix}"
         try:
             # 0o666 & ~umask, like an ordinary new file (mkstemp would make it 0o600).
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -263,6 +441,7 @@ class VideoWriter:
             raise InputError(f"{path}: frame rate must be a positive number, got {fps}")
         if width <= 0 or height <= 0:
             raise InputError(f"{path}: video size must be positive, got {width}x{height}")
+        check_output(path, accepts=VIDEO_OUTPUT_SUFFIXES, what="an H.264 video")
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = int(width), int(height)

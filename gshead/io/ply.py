@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gshead.core.errors import InputError
+from gshead.core.errors import InputError, require_finite
 from gshead.io.media import atomic_output
 from gshead.core.types import Gaussians
 
@@ -71,6 +71,7 @@ def ply_table(gaussians: Gaussians, sh_degree: int = 3) -> np.ndarray:
         raise InputError(f"PLY export: expected at least 3 feature channels (RGB), got {gaussians.channels}")
     names = property_names(sh_degree)
     g = gaussians.to("cpu")
+    require_finite(g.tensors("gaussians."), "PLY export: not written")
     n = g.count
     as64 = lambda t: t[0].detach().to(torch.float64).numpy()
     opacity = np.clip(as64(g.opacities), OPACITY_EPS, 1.0 - OPACITY_EPS)
@@ -81,6 +82,7 @@ def ply_table(gaussians: Gaussians, sh_degree: int = 3) -> np.ndarray:
         "scale": np.log(as64(g.scales)),
         "rot": as64(g.quats),
     }
+    require_finite(columns, "PLY export: not written (a zero scale has no log)")
     table = np.zeros(n, dtype=[(name, "<f4") for name in names])  # normals and f_rest stay zero
     for i, axis in enumerate("xyz"):
         table[axis] = columns["xyz"][:, i]

@@ -18,13 +18,14 @@ errors are NaN and the strings empty.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from gshead.core.errors import InputError
+from gshead.core.errors import InputError, require_finite
 from gshead.io.media import atomic_output, read_safetensors
 from gshead.core.types import Camera, HeadParams, _Container
 
@@ -80,6 +81,12 @@ def save_sequence(path: str | Path, seq: TrackedSequence) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in seq.tensors().items()}
+    unknown_ok = ("crop", "fit_error")  # NaN there means "unknown"; infinities are refused below
+    require_finite({k: v for k, v in tensors.items() if k not in unknown_ok}, f"{path}: tracked sequence not written")
+    require_finite(
+        {k: getattr(seq, k).nan_to_num(0.0, posinf=math.inf, neginf=-math.inf) for k in unknown_ok},
+        f"{path}: tracked sequence not written",
+    )
     tensors["valid"] = seq.valid.to("cpu", torch.uint8)
     tensors["crop"] = seq.crop.detach().to("cpu", torch.float32).contiguous()
     tensors["fit_error"] = seq.fit_error.detach().to("cpu", torch.float32).contiguous()

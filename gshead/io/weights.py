@@ -8,14 +8,13 @@ validated config JSON, as in avatar files) and ``source``. Loaded by ``load_pipe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from gshead.core.components import Kind
-from gshead.core.errors import AvatarFileError
+from gshead.core.errors import AvatarFileError, require_finite
 from gshead.io.media import read_safetensors
 
 WEIGHTS_FORMAT = "gshead.weights"
@@ -100,6 +99,7 @@ def load_pipeline_weights(pipeline, path) -> None:
     Every slot is checked before any is loaded; one-line ``AvatarFileError`` otherwise."""
     path = resolve_weights(path)
     tensors, meta = read_safetensors(path, "gshead pipeline-weights file", AvatarFileError)
+    require_finite(tensors, f"{path}: pipeline weights refused", AvatarFileError)
     if meta.get("format") != WEIGHTS_FORMAT or meta.get("format_version") != WEIGHTS_FORMAT_VERSION:
         raise AvatarFileError(
             f"{path}: not a gshead pipeline-weights file (format {meta.get('format')!r} version "
@@ -108,26 +108,28 @@ def load_pipeline_weights(pipeline, path) -> None:
     slots = sorted({k.split(".", 1)[0] for k in tensors})
     if not slots or any(s not in WEIGHT_SLOTS for s in slots):
         raise AvatarFileError(f"{path}: tensors must be named <slot>.<param> with slots {', '.join(WEIGHT_SLOTS)}; found {slots}")
-    try:
-        theirs = json.loads(meta["pipeline"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise AvatarFileError(f"{path}: missing or malformed pipeline config ({exc})") from None
+    from gshead.core.errors import bounded_repr
+    from gshead.io._metadata import json_field
+
+    theirs = json_field(meta, "pipeline", path, dict)
     ours = pipeline.config.model_dump(mode="json")
 
     def relevant(cfg: dict) -> dict:
-        out = {s: dict(cfg.get(s) or {}) for s in slots}
-        if "encoder" in out:
+        out = {s: dict(cfg.get(s) or {}) if isinstance(cfg.get(s) or {}, dict) else cfg.get(s) for s in slots}
+        if isinstance(out.get("encoder"), dict):
             out["encoder"].pop("weights", None)
         out["feature_channels"] = cfg.get("feature_channels")
-        out["headmodel"] = (cfg.get("headmodel") or {}).get("name")
+        headmodel = cfg.get("headmodel") or {}
+        out["headmodel"] = headmodel.get("name") if isinstance(headmodel, dict) else headmodel
         return out
 
     a, b = relevant(theirs), relevant(ours)
     if a != b:
         where = [k for k in a if a[k] != b[k]]
         k = where[0]
-        diff = [f for f in {**a[k], **b[k]} if a[k].get(f) != b[k].get(f)] if isinstance(a[k], dict) else []
-        detail = f" (fields {', '.join(sorted(diff)[:4])})" if diff else f" ({a[k]!r} != {b[k]!r})"
+        both = isinstance(a[k], dict) and isinstance(b[k], dict)
+        diff = [str(f) for f in {**a[k], **b[k]} if a[k].get(f) != b[k].get(f)] if both else []
+        detail = f" (fields {', '.join(sorted(diff)[:4])})" if diff else f" ({bounded_repr(a[k])} != {bounded_repr(b[k])})"
         raise AvatarFileError(
             f"{path}: weights for a different pipeline: {', '.join(where)} differ{detail}"
         )

@@ -140,8 +140,12 @@ def save_checkpoint(directory: str | Path, step: int, pipeline, state: dict[str,
     final = directory / step_dir_name(step)
     from gshead.io.media import atomic_directory
 
+    from gshead.core.errors import require_finite
+
+    tensors = model_tensors(pipeline)
+    require_finite(tensors, f"{final}: checkpoint not written (the training diverged?)")
     with atomic_directory(final) as partial:
-        save_file(model_tensors(pipeline), str(partial / MODEL_FILE), metadata=_model_metadata(pipeline))
+        save_file(tensors, str(partial / MODEL_FILE), metadata=_model_metadata(pipeline))
         payload = {"format": STATE_FORMAT, "version": STATE_VERSION, "step": int(step), **state}
         torch.save(payload, partial / STATE_FILE)
         for name in (MODEL_FILE, STATE_FILE):

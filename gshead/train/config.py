@@ -85,6 +85,10 @@ class LossWeights(_Strict):
     """Perceptual loss on refined images and face crops (stage 2 only)."""
 
 
+MAX_BATCH_SIZE = 4096
+"""The largest ``batch_size`` a training config may ask for (a cap, so a typo fails at once)."""
+
+
 class TrainConfig(_Strict):
     """One training run."""
 
@@ -98,8 +102,9 @@ class TrainConfig(_Strict):
     """1: reconstruction (L1, face L1, point loss); 2: texture restoration (adds the perceptual loss)."""
     steps: int = Field(1000, ge=1)
     """Optimiser steps in total (a resumed run continues up to this count)."""
-    batch_size: int = Field(4, ge=1)
-    """Samples per step per process (each sample drives ``data.targets`` frames)."""
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
+    """Samples per step per process (each sample drives ``data.targets`` frames); at most
+    ``MAX_BATCH_SIZE``."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """Optimiser settings."""
     schedule: ScheduleConfig = ScheduleConfig()
@@ -143,10 +148,13 @@ class TrainConfig(_Strict):
 
 
 def _describe(error: dict, source: str) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "config"
+    from gshead.core.errors import shorten
+
+    source = shorten(source, 120)
+    where = shorten(".".join(str(p) for p in error["loc"]) or "config", 80)
     if error["type"] == "extra_forbidden":
         return f"{source}: {where}: unknown field"
-    return f"{source}: {where}: {error['msg']}"
+    return f"{source}: {where}: {shorten(error['msg'], 120)}"
 
 
 def validate_train_config(data: Any, source: str = "train config") -> TrainConfig:

@@ -130,6 +130,49 @@ def test_env_vars_disable_autoload_and_block_plugins(monkeypatch):
     assert "identity" not in reg.components("refiner")
 
 
+@pytest.mark.parametrize(
+    ("value", "disabled"),
+    [("1", True), ("true", True), ("TRUE", True), (" Yes ", True), ("0", False), ("false", False),
+     ("No", False), ("", False)],
+)
+def test_disable_autoload_is_true_only_for_1_true_yes(monkeypatch, value, disabled):
+    good = _plugin(gshead_register_encoders=lambda register: register(OtherConfig, lambda c, x: None))
+    _patch_entry_points(monkeypatch, [_FakeEntryPoint("good", lambda: good)])
+    monkeypatch.setenv("GSHEAD_DISABLE_PLUGIN_AUTOLOAD", value)
+    assert ("other-enc" not in Registry().components("encoder")) is disabled
+
+
+@pytest.mark.parametrize("name", ["mesh-bound", "driver:mesh-bound", "gshead.plugins.drivers.mesh_bound"])
+def test_block_a_builtin_by_the_name_gshead_plugins_shows(monkeypatch, name):
+    _patch_entry_points(monkeypatch, [])
+    monkeypatch.setenv("GSHEAD_BLOCK_PLUGINS", f" {name} ,")
+    reg = Registry()
+    assert "mesh-bound" not in reg.components("driver")
+    assert "expression-gaussians" in reg.components("driver")  # only that one
+    names = {plugin for plugin, _ in reg.plugin_manager.list_name_plugin()}
+    assert "gshead.plugins.drivers.mesh_bound" not in names  # never imported or registered
+
+
+def test_kind_qualified_block_leaves_other_kinds_alone(monkeypatch):
+    _patch_entry_points(monkeypatch, [])
+    reg = Registry(blocked=["encoder:identity"])
+    assert "identity" in reg.components("refiner")
+
+
+def test_block_one_component_of_a_multi_component_plugin(monkeypatch):
+    def register_both(register):
+        register(OtherConfig, lambda c, x: None)
+        register(DupConfig, lambda c, x: None)  # would clash with the built-in tiny-conv
+
+    multi = _plugin(gshead_register_encoders=register_both)
+    _patch_entry_points(monkeypatch, [_FakeEntryPoint("multi", lambda: multi, "multi-dist")])
+    reg = Registry(autoload=True, blocked=["tiny-conv"])
+    specs = reg.components("encoder")
+    assert "other-enc" in specs and "tiny-conv" not in specs  # blocked everywhere, no duplicate error
+    reg = Registry(autoload=True, blocked=["multi-dist"])  # the package name shown in brackets
+    assert "other-enc" not in reg.components("encoder")
+
+
 def test_importing_gshead_loads_no_plugins_and_no_heavy_modules():
     code = (
         "import sys, gshead, gshead.core.registry, gshead.core.pipeline, gshead.cli\n"

@@ -55,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -432,19 +433,37 @@ def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return out
 
 
+HASH_KEY = "tensors_sha256"  # in the cache's metadata: verified on read
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def write_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write the converted model atomically (temporary file beside ``path``, then rename)."""
+    """Write the converted model atomically (temporary file beside ``path``, then rename), with
+    the SHA-256 of its tensors (``tensors_sha256``) in the metadata. One metadata key: safetensors
+    orders several keys at random, and the cache is byte-stable."""
     from safetensors.torch import save_file
 
     from gshead.io.media import atomic_output
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"gshead": json.dumps({**meta, HASH_KEY: tensors_sha256(tensors)}, sort_keys=True)}
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"gshead": json.dumps(meta, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """The cached tensors and metadata, or None if the file is missing or unreadable."""
+    """The cached tensors and metadata, or None if the file is missing, unreadable, from before
+    content hashes (stale), or corrupt (hash mismatch or non-finite values: a warning names the
+    file; the caller rebuilds it)."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -454,6 +473,17 @@ def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
             meta = json.loads(f.metadata()["gshead"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
+        warnings.warn(f"{path}: unreadable anny-head cache; rebuilding it", stacklevel=3)
+        return None
+    expected = meta.pop(HASH_KEY, None) if isinstance(meta, dict) else None
+    if expected is None:  # written before content hashes: stale
+        return None
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+    if tensors_sha256(tensors) != expected or not finite:
+        warnings.warn(
+            f"{path}: corrupt anny-head cache ({'content hash mismatch' if finite else 'non-finite values'}); rebuilding it",
+            stacklevel=3,
+        )
         return None
     return tensors, meta
 
