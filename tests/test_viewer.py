@@ -129,12 +129,18 @@ def test_browser_screenshot_changes_when_a_slider_moves(loaded, tmp_path):
             page.wait_for_timeout(4000)
             scene = {"x": 0, "y": 120, "width": 300, "height": 360}  # left of the control panel, below notices
             shot1 = page.screenshot(clip=scene)
+            for _ in range(20):  # on a loaded machine the splats stream in late: wait for a settled view
+                page.wait_for_timeout(1000)
+                again = page.screenshot(clip=scene)
+                if np.abs(_pixels(again) - _pixels(shot1)).mean() < 0.5:
+                    break
+                shot1 = again
             slider = page.locator("[role=slider]").first  # the first slider is head yaw
             slider.focus()
             for _ in range(60):  # 60 steps of 0.5 degrees
                 page.keyboard.press("ArrowRight")
             a = _pixels(shot1)
-            for _ in range(15):  # the update reaches the browser after a re-render: poll up to ~15 s
+            for _ in range(30):  # the update reaches the browser after a re-render: poll up to ~30 s
                 page.wait_for_timeout(1000)
                 b = _pixels(page.screenshot(clip=scene))
                 if np.abs(a - b).mean() > 3.0:

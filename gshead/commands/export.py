@@ -1,14 +1,24 @@
-"""``gshead export``: an avatar at a chosen expression and pose, as a standard 3DGS ``.ply``.
+"""``gshead export``: an avatar at a chosen expression and pose, as a 3DGS ``.ply`` or ``.splat``.
 
-    gshead export AVATAR -o head.ply [--expression NAME=VALUE ...] [--jaw R] [--eyes 6 values]
-                                     [--pose RX RY RZ] [--translation TX TY TZ] [--sh-degree 3|0]
+    gshead export AVATAR -o head.ply|head.splat [--up -y|y] [--scale S]
+                  [--expression NAME=VALUE ...] [--jaw R] [--eyes 6 values]
+                  [--pose RX RY RZ] [--translation TX TY TZ] [--sh-degree 3|0]
 
 The avatar's driver poses its rig for the head parameters (the avatar's own identity, neutral
 unless told otherwise); the static and the posed Gaussians are written together. Driving applies
 the head pose as camera motion; a file has no camera, so here the pose moves the Gaussians
-themselves (means rotated and translated, rotations composed; see ``gshead.jobs.posing``). With
-no ``--pose`` the head sits in its model space (y up, looking along +z), which is what viewers
-expect. See ``gshead.io.ply`` for the file layout.
+themselves (means rotated and translated, rotations composed; see ``gshead.jobs.posing``).
+
+Orientation (``--up``): by default the file is in the original 3DGS tools' convention, the OpenCV
+camera frame (x right, y down, z forward) that SuperSplat and gsplat.js assume: the head is upright
+there, its face towards -z. ``--up y`` writes gshead's own y-up world (face towards +z) for y-up
+viewers. ``--scale`` multiplies positions and sizes: gshead's units are metres (a head is about
+0.25 m), so ``--scale 10`` suits viewers whose default camera expects scenes about a unit across.
+
+Beside the output, ``NAME.camera.json`` holds the camera gshead renders these parameters from (the
+avatar's source camera) in the same convention and scale: position, target, up, field of view,
+image size, intrinsics and the 4x4 world-to-camera matrix (``gshead.jobs.posing.export_camera``),
+so a viewer can open at the portrait's view. File layouts: ``gshead.io.ply``, ``gshead.io.splat``.
 """
 
 from __future__ import annotations
@@ -68,18 +78,47 @@ def export(
     pose_degrees: list[float] | None = None,
     translation: list[float] | None = None,
     sh_degree: int = 3,
+    up: str = "-y",
+    scale: float = 1.0,
 ) -> int:
-    """Load ``avatar_path``, pose it, write ``output`` (.ply) atomically; returns the Gaussian count."""
-    from gshead.io.avatar import load_avatar
-    from gshead.io.media import check_output
-    from gshead.io.ply import write_ply
+    """Load ``avatar_path``, pose it, write ``output`` (.ply or .splat) and its ``.camera.json``
+    atomically; returns the Gaussian count."""
+    import json
 
-    check_output(output, accepts=(".ply",), inputs=(avatar_path,), what="a PLY file")
+    from gshead.commands._views import head_centre
+    from gshead.io.avatar import load_avatar
+    from gshead.io.media import atomic_output, check_output
+    from gshead.jobs.posing import check_scale, export_camera, frame_matrix, to_export_frame
+
+    check_output(output, accepts=(".ply", ".splat"), inputs=(avatar_path,), what="a .ply or .splat file")
+    frame_matrix(up), check_scale(scale)  # refuse a bad --up or --scale before the (slow) load
+    camera_path = camera_json_path(output)
+    check_output(camera_path, accepts=(".json",), inputs=(avatar_path,), what="the camera JSON")
     loaded = load_avatar(avatar_path)
     params = export_params(loaded, expression, jaw, eyes, pose_degrees, translation)
-    gaussians = export_gaussians(loaded, params)
-    write_ply(output, gaussians, sh_degree=sh_degree)
+    gaussians = to_export_frame(export_gaussians(loaded, params), up, scale)
+    centre = head_centre(loaded).to(params.rotation.dtype)  # the head's centre, posed like the head
+    centre = params.pose_matrix()[0, :3, :3] @ centre + params.translation[0]
+    camera = export_camera(loaded.avatar.camera, centre, up, scale)
+    if output.lower().endswith(".splat"):
+        from gshead.io.splat import write_splat
+
+        write_splat(output, gaussians)
+    else:
+        from gshead.io.ply import write_ply
+
+        write_ply(output, gaussians, sh_degree=sh_degree)
+    with atomic_output(camera_path) as tmp:
+        tmp.write_text(json.dumps(camera, indent=2) + "\n", encoding="utf-8")
     return gaussians.count
+
+
+def camera_json_path(output: str):
+    """``head.ply`` -> ``head.camera.json`` beside it."""
+    from pathlib import Path
+
+    path = Path(output)
+    return path.with_name(path.stem + ".camera.json")
 
 
 def cmd_export(args) -> int:
@@ -94,16 +133,43 @@ def cmd_export(args) -> int:
         pose_degrees=args.pose,
         translation=args.translation,
         sh_degree=args.sh_degree,
+        up=args.up,
+        scale=args.scale,
     )
-    print(f"wrote {args.output}: {count} Gaussians (SH degree {args.sh_degree})", file=sys.stderr)
+    sh = f", SH degree {args.sh_degree}" if args.output.lower().endswith(".ply") else ""
+    frame = "y down (OpenCV / 3DGS)" if args.up == "-y" else "y up"
+    print(
+        f"wrote {args.output}: {count} Gaussians ({frame}, scale {args.scale:g}{sh}) "
+        f"and {camera_json_path(args.output)}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def add_parser(subparsers) -> None:
     """Add ``export`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("export", help="write an avatar at a chosen expression as a standard 3DGS .ply")
+    from gshead.jobs.posing import UP_CONVENTIONS
+
+    p = subparsers.add_parser(
+        "export",
+        help="write an avatar at a chosen expression as a 3DGS .ply or a .splat (upright in viewers)",
+    )
     p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
-    p.add_argument("-o", "--output", required=True, help="PLY file to write")
+    p.add_argument(
+        "-o", "--output", required=True,
+        help="file to write: .ply (standard 3DGS) or .splat (antimatter15, 32 bytes a Gaussian); "
+        "NAME.camera.json is written beside it",
+    )  # fmt: skip
+    p.add_argument(
+        "--up", choices=UP_CONVENTIONS, default="-y",
+        help="-y (default): the original 3DGS / OpenCV convention, x right, y down, z forward, face "
+        "towards -z (SuperSplat, gsplat.js); y: y up, face towards +z (y-up viewers). Write --up=-y",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale", type=float, default=1.0,
+        help="multiply positions and sizes (units are metres, a head is ~0.25 m; e.g. 10 for "
+        "viewers that expect a scene about a unit across; default 1)",
+    )  # fmt: skip
     p.add_argument(
         "--expression", action="append", default=[], metavar="NAME=VALUE",
         help="expression unit value, names from 'gshead headmodel info' (repeatable)",

@@ -19,6 +19,9 @@ GAGAvatar                              gshead pipeline-weights key
 ``upsampler.toRGB.*``, ``percep_loss.*``  dropped (training only)
 =====================================  =========================================================
 
+``meta_cfg`` is checked first (``check_meta``): ``MODEL.NAME`` GAGAvatar, ``DATASET.POINT_PLANE_SIZE``
+296, ``FLAME_SCALE`` 5, ``FOCAL_LENGTH`` 12, else one line names what differs and nothing is written.
+
 Every remaining key must land on a tensor of the pipeline's encoder, lifter, driver or refiner
 with the same shape, and every tensor of those modules must be covered; otherwise one line
 names (a few of) the missing, unexpected and mis-shaped keys and nothing is written.
@@ -63,8 +66,9 @@ def _first_line(exc: BaseException) -> str:
     return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
 
 
-def read_checkpoint(path: Path) -> dict[str, Tensor]:
-    """The flat state dict of a GAGAvatar checkpoint (``{'model': sd, ...}`` or bare), weights only."""
+def read_checkpoint(path: Path, with_meta: bool = False):
+    """The flat state dict of a GAGAvatar checkpoint (``{'model': sd, ...}`` or bare), weights only;
+    ``with_meta``: ``(state dict, meta_cfg or None)``."""
     path = Path(path)
     if not path.is_file():
         raise AvatarFileError(f"{path}: no such checkpoint file")
@@ -76,16 +80,57 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad, truncated or foreign files
+        from gshead.core.errors import torch_load_reason
+
+        reason = torch_load_reason(exc, 200)
+        if reason.startswith("refused"):
+            raise AvatarFileError(f"{path}: checkpoint {reason}") from None
         raise AvatarFileError(
-            f"{path}: not a readable weights-only torch checkpoint ({_first_line(exc)}); it may be truncated or corrupt"
+            f"{path}: not a readable weights-only torch checkpoint ({reason}); it may be truncated or corrupt"
         ) from None
+    meta = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        meta = obj.get("meta_cfg")
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise AvatarFileError(f"{path}: expected a state dict of tensors (or {{'model': state_dict, ...}})")
     if all(str(k).startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+    return (dict(obj), meta) if with_meta else dict(obj)
+
+
+# What gshead reproduces of the official ``meta_cfg`` (``configs/gagavatar.yaml``): other values
+# change the model or its geometry in ways a weights file cannot carry.
+META_EXPECTED = {
+    ("MODEL", "NAME"): "GAGAvatar",
+    ("DATASET", "POINT_PLANE_SIZE"): 296,
+    ("DATASET", "FLAME_SCALE"): 5.0,
+    ("DATASET", "FOCAL_LENGTH"): 12.0,
+}
+
+
+def check_meta(meta: Any, checkpoint: Path) -> None:
+    """Refuse (one line) a ``meta_cfg`` that gshead cannot reproduce. ``DATASET.POINT_PLANE_SIZE``
+    must be 296 (the official DPT always outputs 296 x 296, and the plane grid must match it);
+    ``FLAME_SCALE`` 5 and ``FOCAL_LENGTH`` 12 are the units
+    and camera gshead's GAGAvatar config assumes. A missing ``meta_cfg`` (bare state dict) or a
+    missing entry is not checked."""
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise AvatarFileError(f"{checkpoint}: meta_cfg is a {type(meta).__name__}, expected a dict")
+    wrong = []
+    for (section, key), want in META_EXPECTED.items():
+        part = meta.get(section)
+        if not isinstance(part, dict) or key not in part:
+            continue
+        got = part[key]
+        same = (isinstance(got, (int, float)) and not isinstance(got, bool) and float(got) == float(want)) if not isinstance(
+            want, str) else got == want
+        if not same:
+            wrong.append(f"{section}.{key} = {got!r} (gshead reproduces {want!r})")
+    if wrong:
+        raise AvatarFileError(f"{checkpoint}: meta_cfg not supported: " + "; ".join(wrong))
 
 
 def map_gagavatar(state: dict[str, Tensor]) -> tuple[dict[str, dict[str, Tensor]], list[str]]:
@@ -175,7 +220,8 @@ def import_gagavatar(
 
     checkpoint, output = Path(checkpoint), Path(output)
     check_output(output, accepts=(".safetensors",), inputs=(checkpoint, pipeline_yaml), what="pipeline weights")
-    state = read_checkpoint(checkpoint)
+    state, meta = read_checkpoint(checkpoint, with_meta=True)
+    check_meta(meta, checkpoint)
     if pipeline is None:
         pipeline = _build_pipeline(pipeline_yaml)
     config: Any = pipeline.config
@@ -183,6 +229,11 @@ def import_gagavatar(
     if wrong:
         need = ", ".join(f"{s} {n!r}" for s, n in GAGAVATAR_COMPONENTS.items())
         raise ConfigError(f"import gagavatar: the pipeline has {', '.join(wrong)}; GAGAvatar weights need {need}")
+    if config.lifter.feature_size != META_EXPECTED[("DATASET", "POINT_PLANE_SIZE")]:
+        raise ConfigError(
+            f"import gagavatar: the pipeline's lifter.feature_size is {config.lifter.feature_size}; GAGAvatar's "
+            "DPT gives 296 x 296 features, so its plane grid must be 296"
+        )
     head_base = state.get("head_base")
     vertices = int(pipeline.head_model.template.shape[0])
     if head_base is not None and head_base.dim() == 2 and head_base.shape[0] != vertices:
@@ -207,7 +258,9 @@ def import_gagavatar(
             value = value.detach()
             if value.dtype != target.dtype:
                 value = value.to(target.dtype)
-            tensors[f"{slot}.{key}"] = value.contiguous()
+            # A copy of its own: checkpoint tensors may share storage (views, expanded tensors),
+            # which safetensors refuses to write.
+            tensors[f"{slot}.{key}"] = value.contiguous().clone()
     metadata = {
         "format": WEIGHTS_FORMAT,
         "format_version": WEIGHTS_FORMAT_VERSION,

@@ -45,7 +45,7 @@ def cmd_reconstruct(args) -> int:
             load_pipeline_weights(pipeline, args.weights)
         bar.update()
         bar.set_postfix_str("cropping, tracking, encoding, lifting")
-        source_image = pipeline.prepare_image(image)
+        source_image = _prepare(pipeline, image, args.image)
         avatar = pipeline.reconstruct(source_image)
         bar.update()
         if args.fit_steps:
@@ -67,6 +67,21 @@ def cmd_reconstruct(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _prepare(pipeline, image, path):
+    """``pipeline.prepare_image(image)``; when it finds no face in an image that ``read_image``
+    downscaled, the error says so (the stored and the searched sizes)."""
+    from gshead.core.errors import InputError
+    from gshead.io.media import stored_size
+
+    try:
+        return pipeline.prepare_image(image)
+    except InputError as exc:
+        size, read = stored_size(path), (image.shape[-1], image.shape[-2])
+        if size is None or size == read:
+            raise
+        raise InputError(f"{path} ({size[0]}x{size[1]}, read at {read[0]}x{read[1]}): {exc}") from None
 
 
 def _fit(args, pipeline, avatar, source_image):

@@ -1,11 +1,11 @@
 """``gshead reenact``: drive an avatar into a video (or a PNG grid of frames).
 
-    gshead reenact AVATAR --driver demo|SEQ.safetensors|VIDEO -o OUT.mp4|OUT.png
+    gshead reenact AVATAR --driver demo|SEQ.safetensors|VIDEO|CURVES.csv|CURVES.json -o OUT.mp4|OUT.png
                    [--side-by-side] [--camera fixed|orbit] [--orbit-degrees D] [--frames N]
                    [--fps F] [--size S] [--batch B] [-q]
 
 The driving head parameters come from the demo motion (``gshead.io.motion``), a tracked-sequence
-file, or a video tracked on the fly (``gshead.jobs.tracking``, cached, the same path as
+file, ARKit curves (``gshead.io.arkit``), or a video tracked on the fly (``gshead.jobs.tracking``, cached, the same path as
 ``gshead track``). Camera paths, side-by-side panels and PNG grids are in ``_views``.
 """
 
@@ -22,7 +22,7 @@ MIN_FPS, MAX_FPS = 0.1, 1000.0
 
 
 def _driving_params(args, loaded):
-    """Head parameters [T] for ``--driver`` (demo motion, a sequence file, or a video)."""
+    """Head parameters [T] for ``--driver`` (demo motion, a sequence file, ARKit curves, or a video)."""
     from gshead.core.errors import InputError
     from gshead.io.motion import demo_motion
 
@@ -40,6 +40,20 @@ def _driving_params(args, loaded):
                 f"{loaded.avatar.provenance.head_model!r}"
             )
         return seq.params
+    from gshead.io.arkit import arkit_params, is_curves_file, read_arkit
+
+    if is_curves_file(path):
+        # Live Link Face CSV or ARKit-named JSON (layouts and axes: gshead.io.arkit)
+        params, ignored = arkit_params(
+            read_arkit(path), loaded.head_model, f"--driver {path}", loaded.avatar.provenance.head_model
+        )
+        if ignored:
+            print(
+                f"note: head model {loaded.avatar.provenance.head_model!r} lacks {len(ignored)} of the "
+                f"file's curves, left out: {', '.join(ignored[:6])}{', ...' if len(ignored) > 6 else ''}",
+                file=sys.stderr,
+            )
+        return params
     from gshead.jobs.tracking import is_video, track_with_pipeline
 
     if is_video(path):
@@ -50,7 +64,8 @@ def _driving_params(args, loaded):
         seq, _cached, _tracker = track_with_pipeline(path, loaded.config, loaded.head_model, progress=bar)
         return seq.params
     raise InputError(
-        f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, or a video (.mp4, .mov, ...)"
+        f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, or a video "
+        "(.mp4, .mov, ...), or ARKit curves (.csv, .json)"
     )
 
 
@@ -118,7 +133,12 @@ def add_parser(subparsers) -> None:
     """Add ``reenact`` to the ``gshead`` subcommands."""
     p = subparsers.add_parser("reenact", help="drive an avatar into a video (or a PNG grid of frames)")
     p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
-    p.add_argument("--driver", required=True, help="'demo', a tracked-sequence .safetensors file, or a video")
+    p.add_argument(
+        "--driver", required=True,
+        help="'demo', a tracked-sequence .safetensors file, a video, or ARKit curves: a Live Link "
+        "Face .csv or an ARKit-named .json ({names, weights, fps} or Audio2Face's export); "
+        "head yaw/pitch/roll in radians, yaw positive towards the subject's left",
+    )  # fmt: skip
     p.add_argument(
         "-o", "--output", required=True,
         help="video file to write (.mp4, .mkv, ...), or .png for all frames tiled in one grid image",

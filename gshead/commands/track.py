@@ -1,12 +1,15 @@
 """``gshead track``: track a video or an image into a tracked-sequence file.
 
-    gshead track VIDEO|IMAGE -o SEQ.safetensors [--pipeline YAML] [--smoothing X] [--no-cache] [-q]
+    gshead track VIDEO|IMAGE -o SEQ.safetensors|CURVES.csv [--format sequence|arkit-csv]
+                 [--pipeline YAML] [--smoothing X] [--no-cache] [-q]
 
 Uses the pipeline's tracker and head model (the embedded default pipeline when ``--pipeline`` is
 not given) through ``gshead.jobs.tracking.track_with_pipeline``, the same code path as
 ``gshead reenact --driver VIDEO``: per-frame face boxes, batched fitting, one identity, frames
 without a face flagged and interpolated, temporal smoothing, and a cache keyed by the input's
 content, so a rerun is instant. The output is written atomically, only once tracking succeeded.
+``--format arkit-csv`` writes the parameters as a Live Link Face CSV instead (head models with
+ARKit-named expressions only; ``gshead.io.arkit``), which ``gshead reenact --driver`` reads back.
 """
 
 from __future__ import annotations
@@ -25,22 +28,36 @@ def cmd_track(args) -> int:
     from gshead.io.sequence import save_sequence
     from gshead.jobs.tracking import track_with_pipeline
 
-    check_output(args.output, accepts=(".safetensors",), inputs=(args.input, args.pipeline), what="a tracked sequence")
+    arkit = args.format == "arkit-csv"
+    accepts, what = ((".csv",), "a Live Link Face CSV") if arkit else ((".safetensors",), "a tracked sequence")
+    check_output(args.output, accepts=accepts, inputs=(args.input, args.pipeline), what=what)
     torch.set_grad_enabled(False)
     config = load_pipeline(args.pipeline or default_pipeline_path(), get_registry())
+    head_model = None
+    if arkit:  # refuse a head model without ARKit names before tracking
+        from gshead.core.pipeline import build_components
+        from gshead.io.arkit import arkit_indices
+
+        head_model = build_components(config, ("headmodel",), get_registry())[0]["headmodel"]
+        arkit_indices(head_model, "--format arkit-csv", config.headmodel.name)
 
     def bar(total):
         return progress(total=total or None, desc="tracking", unit="frame", disable=args.quiet)
 
     seq, cached, tracker = track_with_pipeline(
-        args.input, config, smoothing=args.smoothing, use_cache=not args.no_cache, progress=bar
+        args.input, config, head_model, smoothing=args.smoothing, use_cache=not args.no_cache, progress=bar
     )
     if tracker is not None and not isinstance(tracker, LandmarkTracker):
         print(
             f"note: tracker {config.tracker.name!r} does not fit landmarks; fit errors are NaN",
             file=sys.stderr,
         )
-    save_sequence(args.output, seq)
+    if arkit:
+        from gshead.io.arkit import write_arkit_csv
+
+        write_arkit_csv(args.output, seq.params, head_model, seq.fps, config.headmodel.name)
+    else:
+        save_sequence(args.output, seq)
     valid = int(seq.valid.sum())
     errors = seq.fit_error[torch.isfinite(seq.fit_error)]
     error = f", median landmark error {float(errors.median()):.2f} px" if len(errors) else ""
@@ -59,7 +76,16 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser("track", help="track a video or image into a tracked-sequence file")
     p.add_argument("input", help="video (.mp4, .mov, .mkv, .webm, .avi) or image file, or example:astronaut")
-    p.add_argument("-o", "--output", required=True, help="tracked-sequence file to write (.safetensors)")
+    p.add_argument(
+        "-o", "--output", required=True,
+        help="file to write: a tracked sequence (.safetensors), or with --format arkit-csv a .csv",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=("sequence", "arkit-csv"), default="sequence",
+        help="sequence (default): gshead's tracked-sequence file; arkit-csv: a Live Link Face CSV "
+        "(52 ARKit blendshapes, head and eye yaw/pitch/roll in radians) for 'reenact --driver', "
+        "only for head models with ARKit-named expressions",
+    )  # fmt: skip
     p.add_argument("--pipeline", help="pipeline YAML whose tracker and head model to use (default: embedded)")
     p.add_argument(
         "--smoothing",

@@ -63,6 +63,32 @@ def bounded_repr(value: object, limit: int = 60) -> str:
     return shorten(text, limit)
 
 
+def torch_load_reason(exc: BaseException, limit: int = 160) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in a few words for a one-line error.
+
+    A file refused by torch's weights-only unpickler (it holds code or objects that are not
+    plain tensors, e.g. a pickle payload) is described as refused (the reason starts with
+    "refused"), naming the global it asked for; torch's advice to re-run with ``weights_only=False`` (which would run that code) is
+    never repeated. Other failures give their first line, terminal escapes removed."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.:<>]+)", text)
+        if found:
+            return shorten(
+                f"refused: it holds code or objects that are not plain tensors (it asks for "
+                f"{found.group(1)}); nothing in it was run and only tensor data is ever loaded",
+                limit + 60,
+            )
+        after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail = after[0].strip() if after and "weights_only" not in after[0] else ""
+        detail = f" ({shorten(detail, 60)})" if detail else ""
+        return shorten(f"not plain tensor data{detail}: corrupt, or objects that are not tensors", limit)
+    lines = text.strip().splitlines()
+    return shorten(lines[0] if lines else type(exc).__name__, limit)
+
+
 class NonFiniteError(GsheadError, ValueError):
     """A tensor to be written (or just read) holds NaN or infinite values."""
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from gshead.core.components import Driver, HeadModel, Rasterizer, Refiner
 from gshead.core.config import PipelineConfig
-from gshead.core.errors import AvatarFileError, ConfigError, GsheadError, PluginError, require_finite
+from gshead.core.errors import AvatarFileError, ConfigError, GsheadError, PluginError, require_finite, shorten
 from gshead.io.media import atomic_output, read_safetensors
 from gshead.core.registry import Registry, get_registry
 from gshead.core.types import (
@@ -176,9 +176,17 @@ def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAva
         if not isinstance(module, torch.nn.Module):
             continue
         state = _take(tensors, f"weights.{slot}.")
+        from gshead.io.weights import state_dict_problems
+
+        problems = state_dict_problems(module.state_dict(), state, f"weights.{slot}.")
+        if problems:
+            raise AvatarFileError(
+                f"{path}: {slot} weights do not fit {slot} {config.slot(slot).name!r}: " + "; ".join(problems)
+            )
         try:
             module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise AvatarFileError(f"{path}: {slot} weights do not fit {slot} {config.slot(slot).name!r} ({first})") from None
+        except RuntimeError as exc:  # e.g. a module's own checks in _load_from_state_dict
+            text = " ".join(str(exc).split())
+            reason = shorten(text.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}:"), 160)
+            raise AvatarFileError(f"{path}: {slot} weights do not fit {slot} {config.slot(slot).name!r} ({reason})") from None
     return LoadedAvatar(frozen_copy(avatar), config, head_model, **parts)

@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -67,10 +68,12 @@ def read_image(path: str | Path) -> Tensor:
     ``example:astronaut`` is scikit-image's 512x512 astronaut. Grayscale is repeated to RGB,
     alpha is composited on black, 16-bit images keep their precision, palettes are expanded and
     the EXIF orientation is applied. The whole image is decoded here, so a truncated file fails
-    here (with ``InputError``) rather than later. An image whose longest side exceeds
-    ``LARGE_IMAGE_SIDE`` is downscaled first (box filter, in PIL, before conversion to float) so its
-    longest side is ``DOWNSCALED_SIDE``: face detection and cropping need no more, and a 100-megapixel
-    photo would otherwise take gigabytes as float32.
+    here (with ``InputError``) rather than later. An image of more than ``MAX_IMAGE_PIXELS`` pixels
+    is downscaled first (box filter, in PIL, before conversion to float) to about that many: a
+    144-megapixel photo would otherwise take gigabytes as float32. Smaller images keep their full
+    resolution, so a small face in a large photo still has its pixels (trackers search a large
+    image on a downscaled copy themselves; see ``frontal.detect_faces``). Images above PIL's
+    decompression-bomb limit are refused.
     """
     import numpy as np
 
@@ -88,9 +91,14 @@ def read_image(path: str | Path) -> Tensor:
     path = Path(path)
     _check_input_file(path, "an image file")
     try:
-        with Image.open(path) as opened:
-            if max(opened.size) > LARGE_IMAGE_SIDE:  # JPEG: decode at a reduced scale (>= the target)
-                opened.draft(opened.mode, (DOWNSCALED_SIDE, DOWNSCALED_SIDE))
+        with warnings.catch_warnings():
+            # Between PIL's warning and error limits the image is read and downscaled here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            target = _budget_size(*opened.size)
+            if target is not None:  # JPEG: decode at a reduced scale (>= the target)
+                opened.draft(opened.mode, target)
             opened.load()  # full decode: truncated data fails here
             image = _downscale(ImageOps.exif_transpose(opened))
             array = _to_rgb_array(image)  # [H, W, 3] float32 in [0, 1]
@@ -105,23 +113,46 @@ def read_image(path: str | Path) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
-LARGE_IMAGE_SIDE = 4096
-"""Images whose longest side is larger than this (pixels) are downscaled when read."""
-DOWNSCALED_SIDE = 2048
-"""Longest side (pixels) that such large images are downscaled to."""
+MAX_IMAGE_PIXELS = 40_000_000
+"""Images with more pixels than this are downscaled to about this many when read (6000 x 6000 is
+read at full resolution, 12000 x 12000 at 6324 x 6324; 480 MB as float32 RGB)."""
+
+
+def stored_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of the image file ``path`` as stored (before ``read_image`` downscales it;
+    EXIF orientation applied), or None when it cannot be read (or is an ``example:`` image)."""
+    from PIL import Image
+
+    if str(path) in EXAMPLES:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            w, h = opened.size
+            turned = opened.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # only a detail for messages; read_image reports the real problem
+        return None
+    return (h, w) if turned else (w, h)
+
+
+def _budget_size(w: int, h: int) -> tuple[int, int] | None:
+    """(width, height) that a ``w`` x ``h`` image is downscaled to (aspect kept, at most
+    ``MAX_IMAGE_PIXELS`` pixels), or None when it is small enough already."""
+    if w * h <= MAX_IMAGE_PIXELS:
+        return None
+    scale = math.sqrt(MAX_IMAGE_PIXELS / (w * h))
+    return max(1, math.floor(w * scale)), max(1, math.floor(h * scale))
 
 
 def _downscale(image):
-    """``image`` (PIL) resized so its longest side is ``DOWNSCALED_SIDE`` when it exceeds
-    ``LARGE_IMAGE_SIDE``; otherwise unchanged."""
+    """``image`` (PIL) resized to ``_budget_size`` when it has more than ``MAX_IMAGE_PIXELS``
+    pixels; otherwise unchanged."""
     from PIL import Image
 
-    w, h = image.size
-    if max(w, h) <= LARGE_IMAGE_SIDE:
-        return image
-    scale = DOWNSCALED_SIDE / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return image.resize(size, Image.Resampling.BOX)
+    size = _budget_size(*image.size)
+    return image if size is None else image.resize(size, Image.Resampling.BOX)
 
 
 def _to_rgb_array(image):
@@ -139,7 +170,9 @@ def _to_rgb_array(image):
     if has_alpha:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # [H, W, 4]
         return np.ascontiguousarray(rgba[..., :3] * rgba[..., 3:])
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # a new array: divided in place
+    array /= 255.0
+    return array
 
 
 def square_resize(image: Tensor, size: int) -> Tensor:

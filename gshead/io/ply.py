@@ -16,6 +16,11 @@ binary little-endian float32 properties, in this order::
   ``rot_*`` is the quaternion (w, x, y, z), as in ``gshead.core.types.Gaussians``;
 - normals are zeros (unused by splatting, expected by some readers).
 
+Positions and rotations are written as given. ``gshead export`` first turns them into the
+original 3DGS tools' convention (the OpenCV camera frame: x right, y down, z forward, face towards
+-z), which SuperSplat and gsplat.js assume, or with ``--up y`` leaves gshead's y-up world
+(``gshead.jobs.posing.to_export_frame``); units are metres unless ``--scale`` says otherwise.
+
 Only the first three feature channels (RGB) go into the file; other channels have no place in
 the format. The writer and reader are plain NumPy (no dependency), and the file is written
 atomically. ``plyfile`` reads the result (the tests check that).

@@ -42,7 +42,11 @@ def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, Ten
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        from gshead.core.errors import torch_load_reason
+
+        reason = torch_load_reason(exc)
+        if reason.startswith("refused"):
+            raise AvatarFileError(f"{path}: {what} {reason}; expected {expected}") from None
         raise AvatarFileError(f"{path}: not a readable {what} ({reason}); expected {expected}") from None
     if not isinstance(state, dict):
         raise AvatarFileError(f"{path}: expected a state dict of tensors in this {what}, got {type(state).__name__}")

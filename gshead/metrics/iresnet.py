@@ -109,6 +109,11 @@ def load_iresnet(path: str | Path) -> IResNet:
     for key, value in model.state_dict().items():  # some exports drop BatchNorm's step counters
         if key.endswith("num_batches_tracked"):
             state.setdefault(key, value)
+    from gshead.io.weights import state_dict_problems
+
+    problems = state_dict_problems(model.state_dict(), state)
+    if problems:
+        raise AvatarFileError(f"{path}: does not fit IResNet{list(layers)}: " + "; ".join(problems))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

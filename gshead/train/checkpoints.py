@@ -202,7 +202,11 @@ def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
     try:
         state = torch.load(checkpoint.state, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        reason = " ".join(str(exc).split())[:160]
+        from gshead.core.errors import torch_load_reason
+
+        reason = torch_load_reason(exc)
+        if reason.startswith("refused"):
+            raise AvatarFileError(f"{checkpoint.state}: training state {reason}") from None
         raise AvatarFileError(f"{checkpoint.state}: unreadable training state ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise AvatarFileError(

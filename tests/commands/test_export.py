@@ -131,7 +131,7 @@ def test_export_command_round_trips_the_avatar(avatar_file, tmp_path, capsys):
     from gshead.io.avatar import load_avatar
 
     out = tmp_path / "head.ply"
-    assert main(["export", str(avatar_file), "-o", str(out)]) == 0
+    assert main(["export", str(avatar_file), "-o", str(out), "--up", "y"]) == 0
     assert "Gaussians" in capsys.readouterr().err
     loaded = load_avatar(avatar_file)
     expected = export_gaussians(loaded, export_params(loaded))
@@ -171,8 +171,8 @@ def test_expression_moves_only_driven_gaussians(avatar_file, tmp_path):
 
 def test_pose_option_rotates_the_whole_head(avatar_file, tmp_path):
     front, turned = tmp_path / "f.ply", tmp_path / "t.ply"
-    assert main(["export", str(avatar_file), "-o", str(front)]) == 0
-    assert main(["export", str(avatar_file), "-o", str(turned), "--pose", "0", "90", "0"]) == 0
+    assert main(["export", str(avatar_file), "-o", str(front), "--up", "y"]) == 0
+    assert main(["export", str(avatar_file), "-o", str(turned), "--up", "y", "--pose", "0", "90", "0"]) == 0
     a, b = read_ply(front), read_ply(turned)
     # a 90 degree yaw about +y maps (x, y, z) to (z, y, -x)
     expected = torch.stack([a.means[..., 2], a.means[..., 1], -a.means[..., 0]], -1)
@@ -191,7 +191,104 @@ def test_unknown_expression_name_is_one_line_listing_valid_names(avatar_file, tm
 
 def test_bad_output_name_and_missing_avatar(avatar_file, tmp_path, capsys):
     assert main(["export", str(avatar_file), "-o", str(tmp_path / "x.obj")]) == 2
-    assert ".ply" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ".ply" in err and ".splat" in err
     assert main(["export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.ply")]) == 2
     assert "no such" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- orientation, scale, camera
+def _plyfile_xyz(path) -> np.ndarray:
+    plyfile = pytest.importorskip("plyfile")
+    v = plyfile.PlyData.read(str(path))["vertex"]
+    return np.stack([np.asarray(v[a], dtype=np.float64) for a in "xyz"], -1)
+
+
+def _project(camera: dict, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates [N, 2] and depths [N] of ``points`` through a ``.camera.json`` camera."""
+    w2c = np.asarray(camera["world_to_camera"])
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    u = camera["fx"] * cam[:, 0] / cam[:, 2] + camera["cx"]
+    v = camera["fy"] * cam[:, 1] / cam[:, 2] + camera["cy"]
+    return np.stack([u, v], -1), cam[:, 2]
+
+
+def test_default_export_is_the_original_3dgs_convention(avatar_file, tmp_path, capsys):
+    """Read back with plyfile: the top of the head has the smallest y, the face looks towards -z
+    (at a camera looking along +z), and the camera JSON sees the head upright, face first."""
+    import json
+
+    from gshead.io.avatar import load_avatar
+
+    default, y_up = tmp_path / "d.ply", tmp_path / "y.ply"
+    assert main(["export", str(avatar_file), "-o", str(default), "--sh-degree", "0"]) == 0
+    assert "y down" in capsys.readouterr().err
+    assert main(["export", str(avatar_file), "-o", str(y_up), "--sh-degree", "0", "--up", "y"]) == 0
+    assert (
+        main(["export", str(avatar_file), "-o", str(tmp_path / "e.ply"), "--up=-y", "--sh-degree", "0"]) == 0
+    )
+    assert (tmp_path / "e.ply").read_bytes() == default.read_bytes()
+    ns = load_avatar(avatar_file).avatar.static.count
+    ours, theirs = _plyfile_xyz(y_up)[ns:], _plyfile_xyz(default)[ns:]  # the Gaussians on the head mesh
+    top, nose = int(np.argmax(ours[:, 1])), int(np.argmax(ours[:, 2]))  # gshead: y up, face along +z
+    assert int(np.argmin(theirs[:, 1])) == top  # the top of the head: smallest y
+    assert int(np.argmin(theirs[:, 2])) == nose  # the face: towards -z
+    assert np.allclose(theirs, ours * [1, -1, -1], atol=1e-6)  # 180 degrees about x, no mirror
+    camera = json.loads((tmp_path / "d.camera.json").read_text())
+    assert camera["up_axis"] == "-y" and camera["width"] > 0 and 0 < camera["fov_y_degrees"] < 90
+    forward = np.subtract(camera["target"], camera["position"])
+    assert forward[2] > 0 and np.dot(camera["up"], [0, -1, 0]) > 0.9  # looks along +z, image up is -y
+    uv, depth = _project(camera, theirs)
+    assert (depth > 0).all()
+    assert uv[top, 1] < uv[:, 1].mean()  # upright: the top of the head is high in the image
+    back = int(np.argmin(ours[:, 2]))
+    assert depth[nose] < depth[back]  # the face is towards the camera
+
+
+def test_camera_json_reproduces_gshead_view_at_any_convention_and_scale(avatar_file, tmp_path):
+    """The exported camera sees the exported Gaussians where gshead's camera sees the avatar."""
+    import json
+
+    from gshead.core.geometry import project_points, quat_to_rotmat
+    from gshead.io.avatar import load_avatar
+
+    loaded = load_avatar(avatar_file)
+    expected = export_gaussians(loaded, export_params(loaded))
+    want = project_points(expected.means, loaded.avatar.camera)[0].double().numpy()
+    reference = None
+    for up, scale in (("-y", 1.0), ("y", 1.0), ("-y", 10.0)):
+        out = tmp_path / f"h{up}{scale:g}.ply"
+        assert main(["export", str(avatar_file), "-o", str(out), f"--up={up}", "--scale", f"{scale:g}"]) == 0
+        camera = json.loads(out.with_name(out.stem + ".camera.json").read_text())
+        back = read_ply(out)
+        uv, _depth = _project(camera, back.means[0].double().numpy())
+        assert np.allclose(uv, want, atol=1e-2), (up, scale)
+        assert torch.allclose(back.scales, expected.scales * scale, rtol=1e-4)
+        # covariance axes turn with the frame: R' = M R
+        m = torch.diag(torch.tensor([1.0, 1, 1] if up == "y" else [1.0, -1, -1]))
+        assert torch.allclose(quat_to_rotmat(back.quats[0]), m @ quat_to_rotmat(expected.quats[0]), atol=1e-4)
+        distance = float(np.linalg.norm(camera["position"]))
+        reference = reference or distance
+        assert math.isclose(distance, scale * reference, rel_tol=1e-6)
+
+
+def test_bad_scale_is_one_line(avatar_file, tmp_path, capsys):
+    assert main(["export", str(avatar_file), "-o", str(tmp_path / "x.ply"), "--scale", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scale" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_splat_export_matches_the_ply(avatar_file, tmp_path):
+    ply, splat = tmp_path / "h.ply", tmp_path / "h.splat"
+    assert main(["export", str(avatar_file), "-o", str(ply)]) == 0
+    assert main(["export", str(avatar_file), "-o", str(splat)]) == 0
+    assert (tmp_path / "h.camera.json").is_file()
+    a = read_ply(ply)
+    raw = np.frombuffer(splat.read_bytes(), dtype=[("position", "<f4", 3), ("rest", "V20")])
+    assert len(raw) == a.count
+    # the same set of positions (the .splat is sorted by size x opacity)
+    key = lambda p: np.lexsort(p.T)
+    pa, pb = a.means[0].numpy(), raw["position"]
+    assert np.allclose(pa[key(pa)], pb[key(pb)], atol=1e-6)

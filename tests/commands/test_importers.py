@@ -197,9 +197,12 @@ def test_expression_mlp_matches_raw_linear_layers(official):
         return F.linear(t, raw[f"gs_generator_g.{name}.weight"], raw[f"gs_generator_g.{name}.bias"])
 
     x = torch.cat([raw["head_base"], token.expand(V_FLAME, -1)], dim=-1)  # [5023, 1024]
-    for i in (0, 2, 4, 6):
-        x = F.relu(lin(x, f"feature_layers.{i}"))
-    code = [direction] + [f(direction * 2.0**k) for k in range(4) for f in (torch.sin, torch.cos)]
+    for i in (0, 2, 4, 6):  # ReLU between the Linears, none after the last (the official MLP)
+        x = lin(x, f"feature_layers.{i}")
+        x = F.relu(x) if i < 6 else x
+    # pytorch3d's HarmonicEmbedding layout: sines (coordinate-major, then frequency), cosines, input
+    angles = torch.cat([direction[:, c : c + 1] * 2.0**k for c in range(3) for k in range(4)], dim=-1)
+    code = [torch.sin(angles), torch.cos(angles), direction]
     x = torch.cat([x, torch.cat(code, dim=-1).expand(V_FLAME, -1)], dim=-1)  # [5023, 283]
 
     def head(name):
@@ -212,7 +215,8 @@ def test_expression_mlp_matches_raw_linear_layers(official):
     torch.testing.assert_close(got.features[0], torch.cat([torch.sigmoid(colour[:, :3]), colour[:, 3:]], -1), **tol)
     torch.testing.assert_close(got.opacities[0], torch.sigmoid(head("opacity_layers"))[:, 0], **tol)
     torch.testing.assert_close(got.scales[0], torch.sigmoid(head("scale_layers")) * 0.01, **tol)
-    torch.testing.assert_close(got.quats[0], F.normalize(head("rotation_layers"), dim=-1), **tol)
+    # configs/gagavatar.yaml has compat: official: normalised over the 5,023-vertex axis, as the official code
+    torch.testing.assert_close(got.quats[0], F.normalize(head("rotation_layers"), dim=0), **tol)
 
 
 # ------------------------------------------------------------------------------ errors
@@ -290,7 +294,7 @@ def test_cli_import_errors_are_one_line_with_status_2(tmp_path, capsys):
     out = tmp_path / "out.safetensors"
     assert main(["import", "gagavatar", str(ckpt), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gshead: error: ") and "broken.pth: not a readable" in err and "\n" not in err
+    assert err.startswith("gshead: error: ") and ("broken.pth: not a readable" in err or "broken.pth: checkpoint refused" in err) and "\n" not in err
     assert not out.exists()
 
 
@@ -384,3 +388,21 @@ def test_reconstruct_with_weights_uses_them(tmp_path):
     assert any(k.startswith("driver.") for k in tensors)
     for k, v in loaded.driver.state_dict().items():  # the avatar keeps the driving weights
         assert torch.equal(v, tensors[f"driver.{k}"]), k
+
+
+@pytest.mark.parametrize(
+    ("meta", "pattern"),
+    [
+        ({"DATASET": {"POINT_PLANE_SIZE": 256}}, r"meta_cfg not supported: DATASET\.POINT_PLANE_SIZE = 256"),
+        ({"MODEL": {"NAME": "GAGAvatar_v2"}}, r"MODEL\.NAME = 'GAGAvatar_v2'"),
+        ({"DATASET": {"FLAME_SCALE": 1.0, "FOCAL_LENGTH": 12.0}}, r"DATASET\.FLAME_SCALE = 1\.0"),
+    ],
+)
+def test_meta_cfg_gshead_cannot_reproduce_is_refused_in_one_line(tmp_path, meta, pattern):
+    from gshead.commands.importers import check_meta
+
+    with pytest.raises(AvatarFileError, match=pattern) as info:
+        check_meta(meta, tmp_path / "x.pt")
+    assert "\n" not in str(info.value)
+    check_meta({"MODEL": {"NAME": "GAGAvatar"}, "DATASET": {"POINT_PLANE_SIZE": 296, "FOCAL_LENGTH": 12}}, tmp_path)
+    check_meta(None, tmp_path)  # a bare state dict has none: not checked

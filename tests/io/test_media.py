@@ -127,29 +127,33 @@ def test_truncated_png_fails_at_read(tmp_path):
     assert "cut.png: not a readable image" in _one_line(exc)
 
 
-def test_very_large_images_are_downscaled_first(tmp_path):
-    from gshead.io.media import DOWNSCALED_SIDE, LARGE_IMAGE_SIDE
+def test_very_large_images_are_downscaled_first(tmp_path, monkeypatch):
+    from gshead.io import media
 
-    # 4200 x 42 (longer than LARGE_IMAGE_SIDE): left half red, right half blue.
+    # A pixel budget (patched small here: the real one is 40 MP) decides; the aspect is kept.
+    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 2048 * 20)
+    # 4200 x 42 (more pixels than the budget): left half red, right half blue.
     array = np.zeros((42, 4200, 3), np.uint8)
     array[:, :2100, 0] = 255
     array[:, 2100:, 2] = 255
     Image.fromarray(array).save(tmp_path / "wide.png")
     image = read_image(tmp_path / "wide.png")
-    assert LARGE_IMAGE_SIDE < 4200 and image.shape == (1, 3, 20, DOWNSCALED_SIDE)  # 42 * 2048 / 4200
+    h, w = image.shape[-2:]
+    assert h * w <= media.MAX_IMAGE_PIXELS and image.shape == (1, 3, 20, 2023)  # floor(4200 x 42 * sqrt(40960 / 176400))
     assert torch.allclose(image[0, :, :, 10], torch.tensor([1.0, 0.0, 0.0])[:, None].expand(3, 20))
     assert torch.allclose(image[0, :, :, -10], torch.tensor([0.0, 0.0, 1.0])[:, None].expand(3, 20))
-    # A JPEG is decoded at a reduced scale first, then resized to the same longest side;
+    # A JPEG is decoded at a reduced scale first, then resized to the same budget;
     # EXIF rotation still applies (here after the downscale: a 42 x 4400 portrait).
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (4400, 42), (0, 128, 255)).save(tmp_path / "wide.jpg", exif=exif, quality=95)
     jpeg = read_image(tmp_path / "wide.jpg")
-    assert jpeg.shape[2] == DOWNSCALED_SIDE and jpeg.shape[3] in (19, 20)
+    assert jpeg.shape[2] * jpeg.shape[3] <= media.MAX_IMAGE_PIXELS and jpeg.shape[2] > 10 * jpeg.shape[3]
     assert torch.allclose(jpeg[0, :, 1000, 10], torch.tensor([0.0, 128 / 255, 1.0]), atol=0.03)
+    assert media.stored_size(tmp_path / "wide.jpg") == (42, 4400)  # as stored, EXIF rotation applied
     # At the limit nothing changes.
-    Image.new("L", (LARGE_IMAGE_SIDE, 4), 50).save(tmp_path / "limit.png")
-    assert read_image(tmp_path / "limit.png").shape == (1, 3, 4, LARGE_IMAGE_SIDE)
+    Image.new("L", (2048, 20), 50).save(tmp_path / "limit.png")
+    assert read_image(tmp_path / "limit.png").shape == (1, 3, 20, 2048)
 
 
 # ------------------------------------------------------------------------------------------ square_resize

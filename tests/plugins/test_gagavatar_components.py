@@ -22,6 +22,7 @@ from gshead.plugins.drivers.expression_gaussians import ExpressionGaussiansConfi
 from gshead.plugins.lifters._dpt import DPTHead, branch_levels
 from gshead.plugins.lifters.dual_plane import DualPlaneConfig, DualPlaneLifter, plane_points
 from gshead.plugins.refiners.style_unet import StyleUNetConfig, StyleUNetRefiner
+from gshead.plugins._shared.direction_code import forward_direction
 from gshead.testing import (
     check_component,
     check_encoder_independence,
@@ -138,9 +139,9 @@ def test_dual_plane_on_the_plane_projects_onto_the_pixel_grid():
     assert torch.equal(front, back)
     d = view_direction(camera)  # [1, 3]
     assert torch.allclose((front @ d[0]), torch.zeros(1, s * s), atol=1e-6)  # on the plane through the origin
-    steps = torch.arange(s) + 0.5
+    steps = torch.arange(s, dtype=torch.float32)  # through the pixel corners, as GAGAvatar's linspace(1, -1, S)
     jj, ii = torch.meshgrid(steps, steps, indexing="ij")
-    expected = torch.stack([ii * 32 / s, jj * 24 / s], -1).reshape(1, -1, 2)
+    expected = torch.stack([ii * 32 / (s - 1), jj * 24 / (s - 1)], -1).reshape(1, -1, 2)
     assert torch.allclose(project_points(front, camera), expected, atol=1e-3)
 
 
@@ -150,7 +151,7 @@ def test_dual_plane_front_and_back_layers_on_opposite_sides():
         g = _lifter(max_offset=0.1)(feats, HeadParams.zeros(1, 1), camera)
     n = g.count // 2
     plane = plane_points(camera, DualPlaneConfig.test_fields["feature_size"])
-    d = view_direction(camera)[:, None]  # [1, 1, 3]
+    d = forward_direction(camera)[:, None]  # [1, 1, 3]: layer 0 moves away from the camera (official)
     along_front = ((g.means[:, :n] - plane) * d).sum(-1)
     along_back = ((g.means[:, n:] - plane) * d).sum(-1)
     assert (along_front > 0).all() and (along_front < 0.1).all()
@@ -216,7 +217,7 @@ def test_expression_gaussian_rotations_follow_their_triangles(expression_pipelin
     feats = pipe.encoder(sample_image(32))
     with torch.no_grad():
         direct = pipe.driver.attributes(
-            feats.global_token, view_direction(avatar.camera.moved(avatar.source.pose_matrix()))
+            feats.global_token, forward_direction(avatar.camera.moved(avatar.source.pose_matrix()))
         )
     dots = (at_source.quats * direct.quats).sum(-1).abs()
     assert torch.allclose(dots, torch.ones_like(dots), atol=1e-4)

@@ -2,8 +2,8 @@
 
 At reconstruction (``prepare``, once): every vertex ``v`` has a learned code ``head_base[v]``
 [V, code]; it is concatenated with the encoder's global token (GAGAvatar: the 768-d CLS token)
-and passed through an MLP (``feature_layers``: Linear + ReLU, ``layers`` times; GAGAvatar
-1024 -> 256 x 4). The harmonic code of the source view direction (27 values: ``direction_code``
+and passed through an MLP (``feature_layers``: ``layers`` Linears with a ReLU *between* them,
+none after the last; GAGAvatar 1024 -> 256 x 4). The harmonic code of the source view direction (27 values: ``direction_code``
 from ``gshead.plugins._shared.direction_code``, the same as the ``dual-plane`` lifter's) is
 appended, and four small heads (Linear, ReLU, Linear) predict the Gaussian's ``C`` feature
 channels (0..2 RGB through a sigmoid, the rest linear), opacity (sigmoid), scale (sigmoid x
@@ -16,6 +16,19 @@ vertex exactly. A vertex that no triangle uses is bound to its closest triangle 
 then follows that triangle rigidly). The predicted rotation is the Gaussian's rotation on the
 *source* mesh; the rig stores it in its triangle's frame, and ``drive`` carries it with the
 triangle (GAGAvatar keeps rotations fixed; the two agree for the source expression).
+
+``compat: official`` (``configs/gagavatar.yaml``) reproduces three quirks of the official code
+that its weights were trained with:
+
+* the rotation head's output [V, 4] is normalised over the *vertex* axis (``F.normalize`` with
+  its default ``dim=1`` on a [B, V, 4] tensor), not per Gaussian, so each "quaternion" is tiny
+  (norm ~ 1/sqrt(V)); ``attributes`` returns exactly these values;
+* the official CUDA rasterizer builds the covariance from such a quaternion without
+  renormalising it (``R`` from the unit-quaternion formula, ``Sigma = R S^2 R^T``; nearly
+  axis-aligned). ``prepare`` computes that covariance and turns it back into a unit quaternion
+  and scales (eigendecomposition), so any gshead rasterizer draws the official ellipsoids;
+* in driven frames the rotations stay fixed in the world (``drive`` only moves the means),
+  where ``sane`` carries them with their triangle.
 
 Per frame (``drive``): one head-model evaluation for the frame's expression, jaw and eyes,
 one gather and a 3x3 rotation product per vertex. Nothing per frame depends on the encoder; the
@@ -36,8 +49,9 @@ GAGAvatar                              gshead
 ``gs_generator_g.rotation_layers.*``   ``rotation_layers.*``
 =====================================  ======================================
 
-Assumptions an importer must verify: the order ``[head_base, global]`` of the MLP input and
-``[features, direction code]`` of the heads' input; ReLU after every ``feature_layers`` Linear.
+Checked against the official code (``tests/plugins/test_gagavatar_parity.py``): the order
+``[head_base, global]`` of the MLP input, ``[features, direction code]`` of the heads' input, no
+ReLU after the last ``feature_layers`` Linear.
 """
 
 from __future__ import annotations
@@ -52,10 +66,10 @@ from torch import Tensor, nn
 from gshead.core.components import BuildContext
 from gshead.core.config import DriverConfig
 from gshead.core.errors import ShapeError
-from gshead.core.geometry import bind_to_mesh, posed_frames, quat_to_rotmat, rotmat_to_quat, view_direction
+from gshead.core.geometry import bind_to_mesh, posed_frames, quat_to_rotmat, rotmat_to_quat
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Avatar, Camera, FeatureMaps, Gaussians, HeadParams, MeshBinding, Rig
-from gshead.plugins._shared.direction_code import DIRECTION_CODE, direction_code
+from gshead.plugins._shared.direction_code import DIRECTION_CODE, direction_code, forward_direction
 
 
 class ExpressionGaussiansConfig(DriverConfig):
@@ -74,6 +88,10 @@ class ExpressionGaussiansConfig(DriverConfig):
     """Hidden width of each attribute head (features, opacity, scale, rotation; GAGAvatar: 128)."""
     max_scale: float = Field(0.01, gt=0.0)
     """Largest Gaussian standard deviation, metres (sigmoid-bounded; GAGAvatar's 0.05 in FLAME x 5 units)."""
+    compat: Literal["sane", "official"] = "sane"
+    """``official``: GAGAvatar's vertex-axis rotation normalisation, its rasterizer's use of those
+    non-unit quaternions, and world-fixed rotations when driven (module docstring); ``sane``:
+    unit quaternion per Gaussian, carried with the mesh."""
 
 
 def vertex_binding(template: Tensor, faces: Tensor) -> MeshBinding:
@@ -100,6 +118,27 @@ def vertex_binding(template: Tensor, faces: Tensor) -> MeshBinding:
     return MeshBinding(face_index=face_index, barycentric=bary, offset=offset)
 
 
+def official_covariance(quats: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+    """What the official CUDA rasterizer draws for quaternions of any norm [..., 4] (w, x, y, z) and
+    scales [..., 3]: ``R`` from the unit-quaternion formula applied to the raw values (no
+    renormalisation), ``Sigma = R diag(s)^2 R^T``; returned as the unit quaternions and scales
+    whose covariance is that ``Sigma`` (eigendecomposition, in float64)."""
+    w, x, y, z = quats.double().unbind(-1)
+    rows = (
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    )  # fmt: skip
+    r = torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+    sigma = r @ torch.diag_embed(scales.double() ** 2) @ r.transpose(-1, -2)
+    values, vectors = torch.linalg.eigh(0.5 * (sigma + sigma.transpose(-1, -2)))  # [..., 3], [..., 3, 3]
+    flip = torch.linalg.det(vectors) < 0
+    vectors = torch.where(flip[..., None, None], vectors * torch.tensor([1.0, 1.0, -1.0], dtype=vectors.dtype), vectors)
+    out_q = rotmat_to_quat(vectors).to(quats.dtype)
+    out_s = values.clamp_min(0).sqrt().clamp_min(1e-9).to(scales.dtype)
+    return out_q, out_s
+
+
 def _mlp_head(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, out_channels))
 
@@ -116,6 +155,7 @@ class ExpressionGaussiansDriver(nn.Module):
                 f"expression-gaussians: feature_channels is {context.feature_channels}; expected at least 3 (RGB)"
             )
         self.config = config
+        self.official = config.compat == "official"
         # Shared with the pipeline, not a submodule: its buffers are not the driver's weights.
         self.__dict__["head_model"] = context.head_model
         hm = context.head_model
@@ -125,10 +165,10 @@ class ExpressionGaussiansDriver(nn.Module):
         self.head_base = nn.Parameter(torch.randn(verts, config.code_channels) * 0.5)  # [V, code]
         mlp: list[nn.Module] = []
         width = config.code_channels + self.global_channels
-        for _ in range(config.layers):
-            mlp += [nn.Linear(width, config.hidden), nn.ReLU()]
+        for i in range(config.layers):
+            mlp += [nn.Linear(width, config.hidden)] + ([nn.ReLU()] if i < config.layers - 1 else [])
             width = config.hidden
-        self.feature_layers = nn.Sequential(*mlp)
+        self.feature_layers = nn.Sequential(*mlp)  # no ReLU after the last Linear (GAGAvatar)
         head_in = config.hidden + DIRECTION_CODE
         self.color_layers = _mlp_head(head_in, config.head_hidden, context.feature_channels)
         self.opacity_layers = _mlp_head(head_in, config.head_hidden, 1)
@@ -146,8 +186,9 @@ class ExpressionGaussiansDriver(nn.Module):
         return MeshBinding(self.face_index, self.barycentric, self.offset)
 
     def attributes(self, global_token: Tensor, direction: Tensor) -> Gaussians:
-        """Per-vertex Gaussians [1, V] (means zero) from ``global_token`` [1, G] and ``direction`` [1, 3];
-        quaternions are in the world frame of the source mesh."""
+        """Per-vertex Gaussians [1, V] (means zero) from ``global_token`` [1, G] and ``direction`` [1, 3]
+        (the source camera's forward axis, ``forward_direction``); quaternions are in the world
+        frame of the source mesh (``compat: official``: the official non-unit values)."""
         v = self.head_base.shape[0]
         token = global_token.to(self.head_base.dtype).expand(v, -1)  # [V, G]
         x = self.feature_layers(torch.cat([self.head_base, token], dim=-1))  # [V, hidden]
@@ -156,7 +197,7 @@ class ExpressionGaussiansDriver(nn.Module):
         feats = self.color_layers(x)  # [V, C]
         return Gaussians(
             means=torch.zeros(1, v, 3, dtype=x.dtype, device=x.device),
-            quats=F.normalize(self.rotation_layers(x), dim=-1)[None],
+            quats=F.normalize(self.rotation_layers(x), dim=0 if self.official else -1)[None],
             scales=(torch.sigmoid(self.scale_layers(x)) * self.config.max_scale).clamp_min(1e-9)[None],
             opacities=torch.sigmoid(self.opacity_layers(x))[None, :, 0],
             features=torch.cat([torch.sigmoid(feats[:, :3]), feats[:, 3:]], dim=-1)[None],
@@ -173,9 +214,13 @@ class ExpressionGaussiansDriver(nn.Module):
                 f"got {features.global_token.shape[1]}"
             )
         hm = self.head_model
-        g = self.attributes(features.global_token, view_direction(camera.expand(1)))
+        g = self.attributes(features.global_token, forward_direction(camera.expand(1)))
         verts = hm(source).vertices  # [1, V, 3] the source mesh
         means, rest = posed_frames(self.binding, verts, hm.faces)  # [1, V, 3], [1, V, 3, 3]
+        if self.official:  # the official rasterizer's covariance, as unit quaternions + scales; world-fixed
+            quats, scales = official_covariance(g.quats, g.scales)
+            dynamic = g.replace(means=means.to(g.means.dtype), quats=quats, scales=scales)
+            return Rig(dynamic=dynamic, binding=self.binding, latent=torch.zeros(1, 0))
         world = quat_to_rotmat(g.quats)  # [1, V, 3, 3]
         local = rotmat_to_quat(rest.to(world.dtype).transpose(-1, -2) @ world)  # in the triangle's frame
         dynamic = g.replace(means=means.to(g.means.dtype), quats=local)
@@ -187,6 +232,8 @@ class ExpressionGaussiansDriver(nn.Module):
         verts = hm(params).vertices  # [B, V, 3]
         means, frames = posed_frames(rig.binding, verts, hm.faces)  # [B, V, 3], [B, V, 3, 3]
         d = rig.dynamic
+        if self.official:  # GAGAvatar keeps the rotations fixed in the world
+            return d.moved(means, d.quats.expand(means.shape[0], -1, -1))
         q = d.quats  # [1, V, 4] (w, x, y, z) in each triangle's frame
         local = quat_to_rotmat(q)  # [1, V, 3, 3]
         return d.moved(means, rotmat_to_quat(frames @ local.to(frames.dtype)))
@@ -197,4 +244,4 @@ def gshead_register_drivers(register) -> None:
     register.add(ExpressionGaussiansConfig, ExpressionGaussiansDriver)
 
 
-__all__ = ["ExpressionGaussiansConfig", "ExpressionGaussiansDriver", "vertex_binding"]
+__all__ = ["ExpressionGaussiansConfig", "ExpressionGaussiansDriver", "official_covariance", "vertex_binding"]

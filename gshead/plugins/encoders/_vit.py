@@ -302,8 +302,12 @@ def _torch_load(path: Path) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AvatarFileError(f"weights {path}: unreadable as a torch state dict ({first})") from exc
+        from gshead.core.errors import torch_load_reason
+
+        reason = torch_load_reason(exc)
+        if reason.startswith("refused"):
+            raise AvatarFileError(f"weights {path}: {reason}") from None
+        raise AvatarFileError(f"weights {path}: unreadable as a torch state dict ({reason})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -475,8 +479,15 @@ class VitEncoder(nn.Module):
         layer_norm: bool,
         weights: str | None,
         frozen: bool,
+        global_token: str = "cls",
     ) -> None:
+        """``global_token``: ``"cls"`` (the final layer-normed CLS token) or ``"first_patch"`` (the
+        final layer-normed first *patch* token: what GAGAvatar's code calls its global feature,
+        because DINOv2's ``get_intermediate_layers`` drops the CLS token before it takes ``[:, 0]``)."""
         super().__init__()
+        if global_token not in ("cls", "first_patch"):
+            raise ValueError(f"{label}: global_token must be 'cls' or 'first_patch', got {global_token!r}")
+        self.global_token = global_token
         self.label = label
         self.resolution = check_resolution(resolution)
         self.layers = resolve_layers(layers, shape.layers)
@@ -520,7 +531,8 @@ class VitEncoder(nn.Module):
                 patches = tokens[:, self.prefix_tokens :]  # [B, grid*grid, D]
                 b, n, d = patches.shape
                 maps.append(patches.transpose(1, 2).reshape(b, d, grid, grid))
-            token = out.last_hidden_state[:, 0]  # [B, D] final layer-normed CLS
+            first = self.prefix_tokens if self.global_token == "first_patch" else 0
+            token = out.last_hidden_state[:, first]  # [B, D] final layer-normed CLS (or first patch)
         return FeatureMaps(image=image, local=tuple(maps), global_token=token)
 
 

@@ -5,6 +5,12 @@ ImageNet-normalised, and the patch tokens of the last 4 blocks (each passed thro
 layernorm, like DINOv2's ``get_intermediate_layers``) become 4 feature maps [B, D, 37, 37]; the
 final layer-normed CLS token is the global token [B, D].
 
+``compat: official`` (``configs/gagavatar.yaml``) reproduces the official code instead: its
+"global" feature is ``get_intermediate_layers(x, 4)[-1][:, 0]``, and since that function has
+already dropped the CLS token, this is the final layer-normed *first patch token* (the top-left
+14 x 14 patch), not CLS. GAGAvatar's trained weights expect that vector; ``sane`` (default) uses
+CLS, the image-level token, for new training.
+
 Variants (published DINOv2 shapes; patch 14, MLP ratio 4, position embeddings for 518 px in the
 released checkpoints):
 
@@ -79,6 +85,9 @@ class Dinov2Config(EncoderConfig):
     pytorch_model.bin) or a torch-hub DINOv2 .pth state dict; None: random init (warns once)."""
     frozen: bool = True
     """Freeze the backbone (no gradients, always eval mode); false makes it trainable."""
+    compat: Literal["sane", "official"] = "sane"
+    """``sane``: the global token is CLS. ``official``: GAGAvatar's global feature, the final
+    layer-normed first patch token (what its weights were trained on; see the module docstring)."""
 
     @field_validator("resolution")
     @classmethod
@@ -111,6 +120,7 @@ class Dinov2Encoder(VitEncoder):
             layer_norm=config.layer_norm,
             weights=config.weights,
             frozen=config.frozen,
+            global_token="first_patch" if config.compat == "official" else "cls",
         )
 
     @staticmethod

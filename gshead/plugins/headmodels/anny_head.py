@@ -488,12 +488,34 @@ def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     return tensors, meta
 
 
+def check_cache_writable(folder: Path) -> None:
+    """Create ``folder`` and a temporary file in it (removed at once), so an unwritable cache
+    fails in a moment, with one line naming the folder, rather than after the conversion."""
+    import tempfile
+
+    from gshead.core.errors import shorten
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".anny-head-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = " ".join(str(exc.strerror or exc).split()) or type(exc).__name__
+        raise InputError(
+            f"{shorten(folder, 120)}: cannot write the anny-head cache there ({shorten(reason, 60)}); "
+            f"point {ENV_CACHE_DIR} (or the head model's cache_dir) at a writable folder"
+        ) from None
+
+
 def load_or_convert(config: AnnyHeadConfig) -> tuple[dict[str, torch.Tensor], dict]:
-    """The converted model: from the cache, else converted from Anny and cached."""
+    """The converted model: from the cache, else (after checking that the cache folder is
+    writable: ``check_cache_writable``) converted from Anny and cached."""
     path = cache_path(config)
     cached = read_cache(path)
     if cached is not None and cached[1].get("settings") == json.loads(json.dumps(_settings(config))):
         return cached
+    check_cache_writable(path.parent)
     _import_anny()
     arrays, meta = convert(config)
     tensors = _to_tensors(arrays)

@@ -99,7 +99,11 @@ def _torch_load(path: Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for bad files
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        from gshead.core.errors import torch_load_reason
+
+        reason = torch_load_reason(exc, 200)
+        if reason.startswith("refused"):
+            raise InputError(f"{path}: weights-only torch file {reason}") from None
         raise InputError(f"{path}: not a readable weights-only torch file ({reason})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a dict in the torch file, got {type(data).__name__}")

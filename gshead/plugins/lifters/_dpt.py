@@ -8,13 +8,17 @@ itself the DPT head of Depth Anything:
    (official 256/512/1024/1024) and resizes it x4 (transposed conv, kernel 4 stride 4), x2
    (transposed conv, kernel 2 stride 2), x1 (identity) and /2 (3x3 conv, stride 2): 37 tokens
    become 148/74/37/19 px;
-2. the source image, bilinearly resized to each branch's size, is concatenated (+3 channels:
-   259/515/1027/1027), and a 3x3 conv without bias maps every branch to ``features`` (256);
+2. the image, ImageNet-normalised and resized (bilinear, antialiased) to each branch's size, is
+   put *before* the branch's channels (3 + c: 259/515/1027/1027), and a 3x3 conv without bias
+   maps every branch to ``features`` (256). With ``vit_input_image`` (GAGAvatar's
+   ``compat: official``) the image is first resized (antialiased) to the ViT's input size,
+   14 x the token grid (518 px for 37 tokens), exactly the tensor the official code feeds its
+   ViT and then reuses here; otherwise the source image is resized straight to each branch;
 3. four residual fusion blocks run from the coarsest branch to the finest, each upsampling to
    the next branch's size; the last upsamples to ``feature_size`` x ``feature_size`` (official
    296 = 2 x 148); a 3x3 conv gives the local feature map [B, features, S, S].
 
-The global feature is passed through untouched (GAGAvatar uses the last layer's CLS token).
+The global feature is not this head's business (the encoder's ``global_token``).
 
 Encoder levels: with 4 or more levels the last 4 feed the branches (finest branch = earliest
 of them). With fewer, branch ``i`` reads level ``i * L // 4`` (one level feeds all four
@@ -34,8 +38,8 @@ GAGAvatar (``base_model.`` + ...)                 gshead (``DPTHead``)
 ``dino_model.*``                                  (the encoder's, not this head's)
 ================================================  ==========================================
 
-``refinenet.0`` is the finest fusion block (it produces the S x S map), ``refinenet.3`` the
-coarsest, as in DPT. Module names keep DPT's camelCase (``resConfUnit1``) so the keys match.
+``refinenet.0`` is the *coarsest* fusion block (it reads only the 19 px branch), ``refinenet.3``
+the finest (it produces the S x S map), as in GAGAvatar's code. Module names keep DPT's camelCase (``resConfUnit1``) so the keys match.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ from torch import Tensor, nn
 from gshead.core.errors import ShapeError
 
 OFFICIAL_CHANNELS: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+PATCH = 14  # ViT patch side: the image branch's ViT-input size is 14 x the token grid
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ResidualConvUnit(nn.Module):
@@ -87,12 +94,15 @@ class DPTHead(nn.Module):
         channels: tuple[int, int, int, int] = OFFICIAL_CHANNELS,
         features: int = 256,
         feature_size: int = 296,
+        vit_input_image: bool = False,
     ) -> None:
         """
         :param in_channels: channels of each encoder level (``BuildContext.encoder_channels``).
         :param channels: projection channels of the four branches (finest first).
         :param features: channels of the fused map (and of every fusion block).
         :param feature_size: side S of the output map.
+        :param vit_input_image: build the image branch from the image resized to 14 x the token
+            grid first (GAGAvatar's official behaviour; see the module docstring).
         """
         super().__init__()
         if not in_channels:
@@ -103,6 +113,7 @@ class DPTHead(nn.Module):
         self.in_channels = tuple(in_channels)
         self.features = features
         self.feature_size = feature_size
+        self.vit_input_image = vit_input_image
         self.projects = nn.ModuleList(
             nn.Conv2d(in_channels[lvl], c, 1) for lvl, c in zip(self.levels, channels)
         )
@@ -117,6 +128,8 @@ class DPTHead(nn.Module):
         self.layer_rn = nn.ModuleList(nn.Conv2d(c + 3, features, 3, padding=1, bias=False) for c in channels)
         self.refinenet = nn.ModuleList(FusionBlock(features) for _ in range(4))
         self.output_conv = nn.Conv2d(features, features, 3, padding=1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, maps: tuple[Tensor, ...], image: Tensor) -> Tensor:
         """``maps``: the encoder's levels [B, C_l, h, w]; ``image`` [B, 3, H, W] -> [B, features, S, S]."""
@@ -125,17 +138,29 @@ class DPTHead(nn.Module):
         got = tuple(m.shape[1] for m in maps)
         if got != self.in_channels:
             raise ShapeError(f"DPTHead: built for encoder channels {self.in_channels}, got {got}")
+        image = image.to(self.mean.dtype)
+        if self.vit_input_image:
+            side = maps[-1].shape[-1] * PATCH
+            image = _resize(image, (side, side))
+        image = (image - self.mean) / self.std  # ImageNet-normalised, like the ViT's input
         branches = []
         for i, lvl in enumerate(self.levels):
             x = self.resize_layers[i](self.projects[i](maps[lvl]))  # [B, c_i, h_i, w_i]
-            rgb = F.interpolate(image.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False)
-            branches.append(self.layer_rn[i](torch.cat([x, rgb], dim=1)))  # [B, F, h_i, w_i]
+            rgb = _resize(image, tuple(x.shape[-2:])).to(x.dtype)
+            branches.append(self.layer_rn[i](torch.cat([rgb, x], dim=1)))  # [B, F, h_i, w_i], image first
         s = self.feature_size
-        path = self.refinenet[3](branches[3], None, branches[2].shape[-2:])
-        path = self.refinenet[2](path, branches[2], branches[1].shape[-2:])
-        path = self.refinenet[1](path, branches[1], branches[0].shape[-2:])
-        path = self.refinenet[0](path, branches[0], (s, s))
+        path = self.refinenet[0](branches[3], None, branches[2].shape[-2:])  # coarsest
+        path = self.refinenet[1](path, branches[2], branches[1].shape[-2:])
+        path = self.refinenet[2](path, branches[1], branches[0].shape[-2:])
+        path = self.refinenet[3](path, branches[0], (s, s))  # finest
         return self.output_conv(path)  # [B, F, S, S]
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear, half-pixel, antialiased (a no-op at the same size)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def branch_levels(levels: int) -> tuple[int, int, int, int]:

@@ -6,19 +6,30 @@ Per source portrait:
    into a local feature map [B, F, S, S] (S = ``feature_size``, official 296);
 2. an S x S grid of points lies on the plane through the world origin (the head's centre)
    perpendicular to the source camera's optical axis, spanning exactly what the camera sees at
-   that depth: point ``(row j, column i)`` (index ``n = j S + i``) projects onto pixel
-   ``((i + 0.5) W / S, (j + 0.5) H / S)``, the centre of feature ``(j, i)``;
-3. the view direction ``d`` [B, 3] — the unit vector from the origin towards the camera along
-   its optical axis, in head space (``gshead.core.geometry.view_direction``) — is harmonic-encoded
-   (``direction_code`` from ``gshead.plugins._shared.direction_code``, shared with the
-   ``expression-gaussians`` driver: 4 frequencies, 3 + 3 x 2 x 4 = 27 values) and broadcast to
-   every pixel;
+   that depth through the pixel *corners*: point ``(row j, column i)`` (index ``n = j S + i``)
+   projects onto pixel ``(i W / (S - 1), j H / (S - 1))`` (GAGAvatar's ``linspace(1, -1, S)``
+   over the normalised image), so the first and last points sit on the image border;
+3. the view direction ``d`` [B, 3] is the source camera's *forward* axis in head space (from
+   the camera into the scene; ``forward_direction``), harmonic-encoded by ``direction_code``
+   (``gshead.plugins._shared.direction_code``, shared with the ``expression-gaussians`` driver:
+   pytorch3d's layout, 4 frequencies, 27 values) and broadcast to every pixel;
 4. per plane ``k``, a conv head (3x3 convs, ReLU; 1x1 output) reads [local features, direction
    code] and predicts per point, in this channel order: ``C`` feature channels (0..2 RGB through
    a sigmoid, the rest linear), opacity (sigmoid), scale (3, sigmoid x ``max_scale``), rotation
    (4, normalised quaternion w, x, y, z), position (1, sigmoid x ``max_offset``);
-5. the front layer sits at ``plane + pos d`` (towards the camera), the back layer at
-   ``plane - pos d``. Gaussians: front layer (S*S), then back layer (S*S).
+5. layer 0 sits at ``plane + pos d`` (behind the plane, seen from the camera), layer 1 at
+   ``plane - pos d`` (in front). Gaussians: layer 0 (S*S), then layer 1 (S*S).
+
+``compat: official`` (``configs/gagavatar.yaml``) reproduces two quirks of the official code
+that its trained weights depend on:
+
+* the colour sigmoid is applied to ``colors[..., :3]`` of a [B, 32, H, W] tensor, i.e. along the
+  *width* axis: all C feature channels go through a sigmoid in grid columns 0-2, and RGB stays
+  linear everywhere else;
+* the DPT's image branch is the ViT's input (the image resized to 518 px first; ``_dpt.py``).
+
+``sane`` (the default, for new training) applies the sigmoid to RGB of every point and resizes
+the source image straight to each DPT branch.
 
 ``planes: 1`` is the single-layer ablation of the same head: only the front head (``heads.0``)
 runs, giving S*S Gaussians. ``C`` is the pipeline's ``feature_channels`` (GAGAvatar: 32).
@@ -37,9 +48,8 @@ GAGAvatar                              gshead
 ``gs_generator_l{k}.gaussian_conv.*``  ``heads.{k}.gaussian_conv.*`` (indices 0, 2, 4, 6)
 =====================================  ==================================================
 
-Facts not in the manifest, taken as assumptions an importer must verify: the output channel
-order above; ReLU between the head's convs; the harmonic code's layout ``[d, sin(d), cos(d),
-sin(2d), cos(2d), ..., sin(8d), cos(8d)]``; ``d`` pointing towards the camera.
+Checked against the official code (``tests/plugins/test_gagavatar_parity.py``): the output
+channel order above, ReLU between the head's convs, the harmonic layout, ``d`` = forward axis.
 """
 
 from __future__ import annotations
@@ -54,10 +64,9 @@ from torch import Tensor, nn
 from gshead.core.components import BuildContext
 from gshead.core.config import LifterConfig
 from gshead.core.errors import InputError, ShapeError
-from gshead.core.geometry import view_direction
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Camera, FeatureMaps, Gaussians, HeadParams
-from gshead.plugins._shared.direction_code import DIRECTION_CODE, direction_code
+from gshead.plugins._shared.direction_code import DIRECTION_CODE, direction_code, forward_direction
 from gshead.plugins.lifters._dpt import DPTHead
 
 
@@ -87,11 +96,14 @@ class DualPlaneConfig(LifterConfig):
     max_offset: float = Field(0.2, ge=0.0)
     """Largest move of a Gaussian off the plane along the view direction, metres (sigmoid-bounded;
     GAGAvatar's 1.0 in FLAME x 5 units). 0 keeps every Gaussian on the plane."""
+    compat: Literal["sane", "official"] = "sane"
+    """``official``: reproduce the official code's width-axis colour sigmoid and 518-px DPT image
+    branch, which GAGAvatar's weights expect (module docstring); ``sane``: RGB sigmoid per point."""
 
 
 def plane_points(camera: Camera, size: int) -> Tensor:
     """An S x S grid [B, S*S, 3] (world) on the plane through the origin facing ``camera``; point
-    ``n = j S + i`` projects onto pixel ``((i + 0.5) W / S, (j + 0.5) H / S)``."""
+    ``n = j S + i`` projects onto pixel ``(i W / (S - 1), j H / (S - 1))`` (pixel corners)."""
     w2c, k = camera.world_to_camera, camera.intrinsics  # [B, 4, 4], [B, 3, 3]
     dtype, device = w2c.dtype, w2c.device
     depth = w2c[:, 2, 3]  # [B] camera-space z of the world origin
@@ -100,7 +112,7 @@ def plane_points(camera: Camera, size: int) -> Tensor:
             f"dual-plane: the world origin is behind the source camera (depth {depth.min().item():.3g}); "
             "expected a camera looking at the head"
         )
-    steps = (torch.arange(size, device=device, dtype=dtype) + 0.5) / size  # [S]
+    steps = torch.linspace(0.0, 1.0, size, device=device, dtype=dtype)  # [S], corners 0 .. 1
     v, u = torch.meshgrid(steps * camera.height, steps * camera.width, indexing="ij")  # [S, S] each
     u, v = u.reshape(1, -1), v.reshape(1, -1)  # [1, N]
     fx, fy, cx, cy = k[:, 0, 0:1], k[:, 1, 1:2], k[:, 0, 2:3], k[:, 1, 2:3]  # [B, 1] each
@@ -145,7 +157,11 @@ class DualPlaneLifter(nn.Module):
         self.config = config
         self.feature_channels = context.feature_channels
         self.dpt = DPTHead(
-            tuple(context.encoder_channels), config.projection_channels, config.features, config.feature_size
+            tuple(context.encoder_channels),
+            config.projection_channels,
+            config.features,
+            config.feature_size,
+            vit_input_image=config.compat == "official",
         )
         self.split = (context.feature_channels, 1, 3, 4, 1)  # features, opacity, scale, rotation, position
         self.heads = nn.ModuleList(
@@ -167,15 +183,23 @@ class DualPlaneLifter(nn.Module):
         )
         s = self.config.feature_size
         local = self.dpt(features.local, image)  # [B, F, S, S]
-        direction = view_direction(camera)  # [B, 3]
+        direction = forward_direction(camera)  # [B, 3] from the camera into the scene
         code = direction_code(direction)[:, :, None, None].expand(-1, -1, s, s)  # [B, 27, S, S]
         x = torch.cat([local, code.to(local.dtype)], dim=1)
         plane = plane_points(camera, s)  # [B, N, 3]
         layers = []
+        c = self.feature_channels
         for k, head in enumerate(self.heads):
-            raw = head(x).flatten(2).transpose(1, 2)  # [B, N, C + 9]
+            grid = head(x)  # [B, C + 9, S, S]
+            if self.config.compat == "official":  # sigmoid on grid columns 0-2, all C channels
+                colours = grid[:, :c]
+                colours = torch.cat([torch.sigmoid(colours[..., :3]), colours[..., 3:]], dim=-1)
+                grid = torch.cat([colours, grid[:, c:]], dim=1)
+            raw = grid.flatten(2).transpose(1, 2)  # [B, N, C + 9]
             feats, opacity, scale, quat, pos = raw.split(self.split, dim=-1)
-            sign = 1.0 if k == 0 else -1.0  # front layer towards the camera, back layer away
+            if self.config.compat != "official":
+                feats = torch.cat([torch.sigmoid(feats[..., :3]), feats[..., 3:]], dim=-1)
+            sign = 1.0 if k == 0 else -1.0  # layer 0 behind the plane, layer 1 in front
             offset = torch.sigmoid(pos) * self.config.max_offset  # [B, N, 1]
             layers.append(
                 Gaussians(
@@ -183,7 +207,7 @@ class DualPlaneLifter(nn.Module):
                     quats=F.normalize(quat, dim=-1),
                     scales=(torch.sigmoid(scale) * self.config.max_scale).clamp_min(1e-9),
                     opacities=torch.sigmoid(opacity[..., 0]),
-                    features=torch.cat([torch.sigmoid(feats[..., :3]), feats[..., 3:]], dim=-1),
+                    features=feats,
                 )
             )
         return layers[0] if len(layers) == 1 else Gaussians.cat(layers)

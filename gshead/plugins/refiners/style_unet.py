@@ -31,7 +31,8 @@ keeps its name (``conv_body_first``, ``conv_body_down.{i}.{conv1,conv2,skip}``, 
 style_convs.{j}.*, to_rgbs.{j}.*, noises.noise{k}}``), except ``upsampler.toRGB.*``: the UNet's
 auxiliary per-size RGB outputs, used only by training losses, which this refiner does not have
 (an importer drops them). Inside a styled conv: ``weight`` is the noise strength [1], ``bias``
-[1, C, 1, 1], ``modulated_conv.weight`` [1, out, in, k, k] (scaled by 1/sqrt(in k^2) when used),
+[1, C, 1, 1], ``modulated_conv.weight`` [1, out, in, k, k] (stored already scaled by 1/sqrt(in k^2), as in
+GAGAvatar's checkpoints, and used as stored),
 ``modulated_conv.modulation`` a Linear (style -> in channels, bias initialised to 1).
 """
 
@@ -134,15 +135,18 @@ class ModulatedConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.demodulate, self.upsample, self.kernel = demodulate, upsample, kernel
-        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel, kernel))
+        # stored pre-scaled by 1/sqrt(in k^2) (equalised learning rate folded into the weight, as
+        # GAGAvatar's checkpoints hold it): used as is, never scaled again
+        self.weight = nn.Parameter(
+            torch.randn(1, out_channels, in_channels, kernel, kernel) / math.sqrt(in_channels * kernel * kernel)
+        )
         self.modulation = nn.Linear(style_channels, in_channels)
         with torch.no_grad():
             self.modulation.bias.fill_(1.0)
-        self.gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:  # x [B, in, h, w], style [B, S]
         b, c = x.shape[:2]
-        weight = self.gain * self.weight * self.modulation(style).view(b, 1, c, 1, 1)  # [B, out, in, k, k]
+        weight = self.weight * self.modulation(style).view(b, 1, c, 1, 1)  # [B, out, in, k, k]
         if self.demodulate:
             weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
         if self.upsample:

@@ -35,7 +35,7 @@ def test_center_crop_defers_to_the_pipeline():
 
 
 def test_no_face_is_a_clear_error():
-    with pytest.raises(InputError, match="no face found in the image .*crop: center"):
+    with pytest.raises(InputError, match="no face found in the 128x128 image .*crop: center"):
         _tracker(crop="face").crop_box(torch.zeros(1, 3, 128, 128))
 
 

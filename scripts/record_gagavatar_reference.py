@@ -1,0 +1,311 @@
+#!/usr/bin/env python
+"""Record GAGAvatar reference outputs from the official code, for ``tests/plugins/test_gagavatar_parity.py``.
+
+    python scripts/record_gagavatar_reference.py --official /path/to/GAGAvatar \\
+        --dinov2 /path/to/dinov2 [--pytorch3d /path/to/pytorch3d] -o tests/data/gagavatar_reference/
+
+``--official`` is a checkout of ``xg-chu/GAGAvatar``, ``--dinov2`` one of
+``facebookresearch/dinov2`` (what the official ``torch.hub.load`` would download), and
+``--pytorch3d`` one of ``facebookresearch/pytorch3d`` (only its pure-torch
+``renderer/implicit/harmonic_embedding.py`` is loaded; nothing is compiled). Everything runs on
+CPU, in float32, outside this repository; the official modules are imported from the checkout
+with stubs only for what needs CUDA or a download: the 32-channel CUDA rasterizer (never
+called) and the training-only perceptual loss. No official code is copied into gshead: the
+output is numbers.
+
+Both this script and the parity test build the same inputs from fixed seeds:
+
+* ``synthetic_checkpoint()``: every key of the official state dict at its official shape
+  (``tests/data/gagavatar_state_dict_manifest.json``), plus two training-only
+  ``percep_loss.*`` keys, values drawn from ``SEED`` and scaled by 1/sqrt(fan-in) so that
+  activations stay O(1) through the 12 ViT blocks (layer norms ~1, biases ~0.1);
+* ``fixed_inputs()``: a 512 x 512 source image in [0, 1], a pytorch3d ``[R|T]`` source
+  camera (FLAME x 5 units, focal 12), 5,023 synthetic "FLAME" vertices, and a 32-channel
+  512 x 512 feature image for the StyleUNet.
+
+Recorded (``reference.safetensors``; a sampled subset of each tensor, with the indices):
+
+========================  ==========================================================
+``dino.tokens``           [4, T, 768] normalised patch tokens of blocks 8-11 at T sampled tokens
+``dino.global``           [768] official global feature (first patch token of block 11)
+``dpt.values``            DPT map [1, 256, 296, 296] at ``dpt.index`` (flat indices)
+``l{k}.<attr>``           plane layer k: xyz, colors, opacities, scales, rotations at ``gauss.index``
+``g.<attr>``              expression Gaussians at ``g.index`` (xyz = the synthetic vertices)
+``unet.logits/values``    StyleUNet output before/after its sigmoid [1, 3, 512, 512] (stored
+                          noise, ``randomize_noise=False``) at ``unet.index``
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "tests" / "data" / "gagavatar_state_dict_manifest.json"
+SEED = 18
+PLANE = 296
+VERTICES = 5023
+# Two of the 36 training-only keys (frozen VGG-Face / AlexNet); an importer must drop them.
+PERCEP_KEYS = {"percep_loss.vggface.conv_1_1.weight": [64, 3, 3, 3], "percep_loss.net.lin0.weight": [1, 64, 1, 1]}
+# Samples per stage (a few MB in all).
+N_TOKENS, N_DPT, N_GAUSS, N_EXPR, N_UNET = 32, 16384, 1024, 1024, 16384
+
+
+# ---------------------------------------------------------------------------- shared inputs
+def _scale(key: str, shape: list[int]) -> tuple[float, float]:
+    """(mean, std) for a synthetic tensor: weights ~ 1/sqrt(fan-in), norms ~ 1, biases ~ 0.1."""
+    leaf = key.rsplit(".", 1)[-1]
+    if len(shape) <= 1:
+        if ("norm" in key and leaf == "weight") or leaf == "gamma":
+            return 1.0, 0.1
+        if "modulation" in key and leaf == "bias":
+            return 1.0, 0.1
+        return 0.0, 0.1
+    if key.endswith(("cls_token", "mask_token", "pos_embed")):
+        return 0.0, 0.02
+    if key == "head_base" or "noises." in key or "constant_input" in key:
+        return 0.0, 1.0
+    if ".bias" in key or leaf == "bias":  # [1, C, 1, 1] biases of the StyleGAN convs
+        return 0.0, 0.1
+    if "resize_layers.0" in key or "resize_layers.1" in key:  # ConvTranspose2d [in, out, k, k]
+        fan = shape[0]
+    else:
+        fan = math.prod(shape[1:])
+        if leaf == "weight" and len(shape) == 5:  # modulated conv [1, out, in, k, k]
+            fan = math.prod(shape[2:])
+    return 0.0, 1.0 / math.sqrt(fan)
+
+
+def synthetic_checkpoint(seed: int = SEED) -> dict[str, torch.Tensor]:
+    """Every official state-dict key at its shape, values from ``seed`` (see the module docstring)."""
+    manifest = json.loads(MANIFEST.read_text())
+    manifest.update(PERCEP_KEYS)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in manifest.items():
+        mean, std = _scale(key, shape)
+        out[key] = torch.randn(shape, generator=g) * std + mean
+    return out
+
+
+def official_transform(yaw_deg: float = 12.0, pitch_deg: float = -6.0) -> torch.Tensor:
+    """A pytorch3d [R|T] [3, 4] (x_cam = x R + T, +X left, +Y up), FLAME x 5 units, focal 12."""
+    a, b = math.radians(yaw_deg), math.radians(pitch_deg)
+    ry = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    r = (ry @ rx).float()
+    t = torch.tensor([0.04, -0.03, 14.0])
+    return torch.cat([r, t[:, None]], dim=1)
+
+
+def fixed_inputs(seed: int = SEED) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 1)
+    low = torch.rand(1, 3, 32, 32, generator=g)  # a smooth image plus some fine detail
+    image = F.interpolate(low, size=(512, 512), mode="bilinear", align_corners=False)
+    image = (0.8 * image + 0.2 * torch.rand(1, 3, 512, 512, generator=g)).clamp(0, 1)
+    vertices = 1.2 * (torch.rand(1, VERTICES, 3, generator=g) - 0.5)  # FLAME x 5 units
+    features = torch.randn(1, 32, 512, 512, generator=g)
+    return {"image": image, "transform": official_transform(), "vertices": vertices, "unet_input": features}
+
+
+def sample_indices(seed: int = SEED) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 2)
+    tokens = torch.cat([torch.tensor([0, 1, 36, 37, 1368]), torch.randperm(1369, generator=g)[: N_TOKENS - 5]])
+    dpt = torch.randint(0, 256 * PLANE * PLANE, (N_DPT,), generator=g)
+    n = PLANE * PLANE
+    # columns 0-2 (where the official colour sigmoid lands) and random points
+    edge = torch.arange(0, n, PLANE)[:, None] + torch.arange(3)[None]
+    gauss = torch.cat([edge.reshape(-1)[:: max(1, edge.numel() // 128)], torch.randint(0, n, (N_GAUSS,), generator=g)])
+    expr = torch.randperm(VERTICES, generator=g)[:N_EXPR]
+    unet = torch.randint(0, 3 * 512 * 512, (N_UNET,), generator=g)
+    return {"dino.index": tokens, "dpt.index": dpt, "gauss.index": gauss, "g.index": expr, "unet.index": unet}
+
+
+# ---------------------------------------------------------------------------- official code
+def _load_file_module(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _official_function(path: Path, name: str):
+    """One top-level function of an official file (with the file's constants), without running its
+    imports (the loader imports lmdb and the FLAME model)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    keep = [n for n in tree.body if isinstance(n, ast.Assign) or (isinstance(n, ast.FunctionDef) and n.name == name)]
+    namespace: dict = {"torch": torch}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+def _install_stubs(official: Path, dinov2: Path, pytorch3d: Path | None) -> None:
+    import torch.nn as nn
+
+    # pytorch3d: only HarmonicEmbedding (pure torch), from a checkout when given
+    p3d = types.ModuleType("pytorch3d")
+    renderer = types.ModuleType("pytorch3d.renderer")
+    implicit = types.ModuleType("pytorch3d.renderer.implicit")
+    if pytorch3d is not None:
+        harmonic = _load_file_module(
+            "pytorch3d.renderer.implicit.harmonic_embedding",
+            pytorch3d / "pytorch3d" / "renderer" / "implicit" / "harmonic_embedding.py",
+        )
+    else:  # pytorch3d's documented layout: [sin(x f) coordinate-major, cos(x f), x]
+        harmonic = types.ModuleType("pytorch3d.renderer.implicit.harmonic_embedding")
+
+        class HarmonicEmbedding(nn.Module):
+            def __init__(self, n_harmonic_functions=6, omega_0=1.0, logspace=True, append_input=True):
+                super().__init__()
+                self.register_buffer("_frequencies", omega_0 * 2.0 ** torch.arange(n_harmonic_functions))
+                self.append_input = append_input
+
+            def forward(self, x):
+                e = (x[..., None] * self._frequencies).reshape(*x.shape[:-1], -1)
+                return torch.cat([e.sin(), e.cos(), x] if self.append_input else [e.sin(), e.cos()], dim=-1)
+
+        harmonic.HarmonicEmbedding = HarmonicEmbedding
+    sys.modules.update({
+        "pytorch3d": p3d, "pytorch3d.renderer": renderer, "pytorch3d.renderer.implicit": implicit,
+        "pytorch3d.renderer.implicit.harmonic_embedding": harmonic,
+    })
+    # the 32-channel CUDA rasterizer: imported, never called here
+    rast = types.ModuleType("diff_gaussian_rasterization_32d")
+    rast.GaussianRasterizationSettings = rast.GaussianRasterizer = None
+    sys.modules["diff_gaussian_rasterization_32d"] = rast
+    # training-only perceptual loss (downloads VGG-Face)
+    percep = types.ModuleType("core.libs.utils_perceptual")
+    percep.FacePerceptualLoss = lambda *a, **k: nn.Module()
+    sys.modules["core.libs.utils_perceptual"] = percep
+    try:  # the official code uses two torchvision functions; where it is missing, the same maths
+        import torchvision.transforms.functional  # noqa: F401
+    except ImportError:
+        tv = types.ModuleType("torchvision")
+        tv.transforms = types.ModuleType("torchvision.transforms")
+        tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
+
+        class Normalize(nn.Module):  # torchvision.transforms.Normalize on a tensor
+            def __init__(self, mean, std):
+                super().__init__()
+                self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+
+            def forward(self, x):
+                return (x - self.mean) / self.std
+
+        def resize(x, size, antialias=True):  # torchvision's tensor resize: bilinear, half-pixel
+            return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+
+        tv.transforms.Normalize = Normalize
+        tv.transforms.functional.resize = resize
+        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
+                            "torchvision.transforms.functional": tv.transforms.functional})
+    # torch.hub.load('facebookresearch/dinov2', 'dinov2_vitb14', pretrained=True) -> the local checkout
+    sys.path.insert(0, str(dinov2))
+    sys.path.insert(0, str(official))
+
+    def hub_load(repo, name, pretrained=True, **kwargs):
+        from dinov2.hub import backbones
+
+        return getattr(backbones, name)(pretrained=False, **kwargs)
+
+    torch.hub.load = hub_load
+
+
+@torch.no_grad()
+def record(official: Path, dinov2: Path, pytorch3d: Path | None, out_dir: Path) -> dict[str, torch.Tensor]:
+    import os
+
+    os.environ.setdefault("XFORMERS_DISABLED", "1")
+    _install_stubs(official, dinov2, pytorch3d)
+    from core.models.GAGAvatar.models import GAGAvatar
+
+    build_points_planes = _official_function(official / "core" / "data" / "loader_track.py", "build_points_planes")
+
+    torch.manual_seed(0)
+    model = GAGAvatar().eval()
+    ckpt = synthetic_checkpoint()
+    missing, unexpected = model.load_state_dict(ckpt, strict=False)
+    assert not missing, missing
+    assert all(k.startswith("percep_loss.") for k in unexpected), unexpected
+    inputs, idx = fixed_inputs(), sample_indices()
+    out: dict[str, torch.Tensor] = dict(idx)
+
+    # the official data path: 512 -> 518 (antialiased), planes from the source transform
+    f_image = torchvision_resize(inputs["image"], 518)
+    planes = build_points_planes(PLANE, inputs["transform"])
+    plane_points, plane_dirs = planes["plane_points"][None], planes["plane_dirs"][None]
+
+    base = model.base_model
+    normed = base.dino_normlize(f_image)
+    tokens = base.dino_model.get_intermediate_layers(normed, 4)  # 4 x [1, 1369, 768]
+    out["dino.tokens"] = torch.stack([t[0, idx["dino.index"]] for t in tokens])
+    f_feature0, f_feature1 = base(f_image)
+    out["dino.global"] = f_feature1[0]
+    out["dpt.values"] = f_feature0.reshape(-1)[idx["dpt.index"]]
+
+    direnc = model.harmo_encoder(plane_dirs)
+    out["direction.code"] = direnc[0]
+    out["plane.points"] = plane_points[0, idx["gauss.index"]]
+    out["plane.dir"] = plane_dirs[0]
+    for k, gen in enumerate((model.gs_generator_l0, model.gs_generator_l1)):
+        p = gen(f_feature0, direnc)
+        sign = 1.0 if k == 0 else -1.0
+        p["xyz"] = plane_points + sign * p["positions"] * plane_dirs[:, None]
+        for name in ("xyz", "colors", "opacities", "scales", "rotations", "positions"):
+            out[f"l{k}.{name}"] = p[name][0, idx["gauss.index"]]
+
+    gin = torch.cat([model.head_base[None], f_feature1[:, None].expand(-1, VERTICES, -1)], dim=-1)
+    p = model.gs_generator_g(gin, direnc)
+    p["xyz"] = inputs["vertices"]
+    for name in ("xyz", "colors", "opacities", "scales", "rotations"):
+        out[f"g.{name}"] = p[name][0, idx["g.index"]]
+
+    model.upsampler.activation = False  # the logits (the sigmoid saturates on random weights)
+    logits = model.upsampler(inputs["unet_input"], randomize_noise=False)
+    out["unet.logits"] = logits.reshape(-1)[idx["unet.index"]]
+    out["unet.values"] = torch.sigmoid(logits).reshape(-1)[idx["unet.index"]]
+
+    out = {k: v.contiguous() for k, v in out.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file(out, str(out_dir / "reference.safetensors"), metadata={
+        "source": "xg-chu/GAGAvatar (official modules on CPU, float32)",
+        "seed": str(SEED),
+        "recorded_by": "scripts/record_gagavatar_reference.py",
+    })
+    return out
+
+
+def torchvision_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """What the official loader does: torchvision resize (bilinear, antialias) to size x size."""
+    return sys.modules["torchvision.transforms.functional"].resize(image, (size, size), antialias=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--official", required=True, type=Path, help="checkout of xg-chu/GAGAvatar")
+    p.add_argument("--dinov2", required=True, type=Path, help="checkout of facebookresearch/dinov2")
+    p.add_argument("--pytorch3d", type=Path, help="checkout of facebookresearch/pytorch3d (HarmonicEmbedding)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for reference.safetensors")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    out = record(args.official, args.dinov2, args.pytorch3d, args.output)
+    size = sum(v.numel() * v.element_size() for v in out.values())
+    print(f"wrote {args.output / 'reference.safetensors'}: {len(out)} tensors, {size / 1e6:.2f} MB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
