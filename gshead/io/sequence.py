@@ -126,7 +126,7 @@ def load_sequence(path: str | Path) -> TrackedSequence:
                 "source_sha256": meta.get("source_sha256", ""),
                 "tracker": meta.get("tracker", ""),
             }
-        return TrackedSequence(
+        seq = TrackedSequence(
             params, camera, t["valid"].bool(), float(meta["fps"]), meta["head_model"], **extra
         )
     except Exception as exc:
@@ -134,3 +134,10 @@ def load_sequence(path: str | Path) -> TrackedSequence:
         raise InputError(
             f"{path}: tracked-sequence file has missing or malformed entries ({reason})"
         ) from None
+    # Head parameters and cameras must be finite (crop and fit_error use NaN for "unknown").
+    require_finite(
+        {**seq.params.tensors("params."), **seq.camera.tensors("camera.")},
+        f"{path}: tracked-sequence file is corrupt",
+        error=InputError,
+    )
+    return seq

@@ -544,8 +544,9 @@ def track_file(
     if use_cache and cached.is_file():
         try:
             seq = load_sequence(cached)
-        except InputError:
-            seq = None  # a damaged cache entry: track again and overwrite it
+        except InputError as exc:  # a damaged cache entry: say so, track again and overwrite it
+            warnings.warn(f"tracking cache entry is damaged and is rebuilt: {exc}", stacklevel=2)
+            seq = None
         if seq is not None and seq.source_sha256 == digest and seq.head_model == head_model:
             return seq, True
     tracker = build_tracker()
