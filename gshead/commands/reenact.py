@@ -22,13 +22,25 @@ MIN_FPS, MAX_FPS = 0.1, 1000.0
 
 
 def _driving_params(args, loaded):
-    """Head parameters [T] for ``--driver`` (demo motion, a sequence file, ARKit curves, or a video)."""
+    """Head parameters [T] for ``--driver``, relative to the avatar's source unless ``--absolute``
+    (see ``gshead.jobs.driving``)."""
+    params, reference = _driving_signal(args, loaded)
+    if args.absolute:
+        return params
+    from gshead.jobs.driving import relative_to_source
+
+    return relative_to_source(params, loaded.avatar.source, reference)
+
+
+def _driving_signal(args, loaded):
+    """The driving signal [T] for ``--driver`` (demo motion, a sequence file, ARKit curves, or a
+    video) and its reference frame [1]: the demo's neutral start, else the first frame."""
     from gshead.core.errors import InputError
     from gshead.io.motion import demo_motion
 
     driver = args.driver
     if driver == "demo":
-        return demo_motion(loaded.head_model, args.frames)
+        return demo_motion(loaded.head_model, args.frames), loaded.head_model.neutral(1)
     path = Path(driver)
     if path.suffix == ".safetensors":
         from gshead.io.sequence import load_sequence
@@ -39,7 +51,7 @@ def _driving_params(args, loaded):
                 f"{path}: tracked with head model {seq.head_model!r}, but the avatar uses "
                 f"{loaded.avatar.provenance.head_model!r}"
             )
-        return seq.params
+        return seq.params, seq.params.select(0)
     from gshead.io.arkit import arkit_params, is_curves_file, read_arkit
 
     if is_curves_file(path):
@@ -53,7 +65,7 @@ def _driving_params(args, loaded):
                 f"file's curves, left out: {', '.join(ignored[:6])}{', ...' if len(ignored) > 6 else ''}",
                 file=sys.stderr,
             )
-        return params
+        return params, params.select(0)
     from gshead.jobs.tracking import is_video, track_with_pipeline
 
     if is_video(path):
@@ -62,7 +74,7 @@ def _driving_params(args, loaded):
             return progress(total=total or None, desc="tracking", unit="frame", disable=args.quiet)
 
         seq, _cached, _tracker = track_with_pipeline(path, loaded.config, loaded.head_model, progress=bar)
-        return seq.params
+        return seq.params, seq.params.select(0)
     raise InputError(
         f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, or a video "
         "(.mp4, .mov, ...), or ARKit curves (.csv, .json)"
@@ -154,6 +166,16 @@ def add_parser(subparsers) -> None:
         "around the head, yaw ±--orbit-degrees over the clip, starting and ending in front",
     )  # fmt: skip
     p.add_argument("--orbit-degrees", type=float, default=30.0, help="largest yaw of --camera orbit (default 30)")
+    motion = p.add_mutually_exclusive_group()
+    motion.add_argument(
+        "--relative", dest="absolute", action="store_false", default=False,
+        help="drive with offsets from the source portrait's fitted expression and pose (default): the "
+        "demo's neutral start, or a sequence's first frame, reproduces the portrait",
+    )  # fmt: skip
+    motion.add_argument(
+        "--absolute", dest="absolute", action="store_true",
+        help="use the driver's expression and pose as they are, replacing the portrait's",
+    )  # fmt: skip
     p.add_argument("--frames", type=int, default=100, help="frames of demo motion (default 100)")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the pipeline's)")
