@@ -33,7 +33,23 @@ Recorded (``reference.safetensors``; a sampled subset of each tensor, with the i
 ``g.<attr>``              expression Gaussians at ``g.index`` (xyz = the synthetic vertices)
 ``unet.logits/values``    StyleUNet output before/after its sigmoid [1, 3, 512, 512] (stored
                           noise, ``randomize_noise=False``) at ``unet.index``
+``unet.fresh.logits``     the same with the official default ``randomize_noise=True`` (fresh
+                          noise per layer from torch's generator) after
+                          ``torch.manual_seed(FRESH_NOISE_SEED)``, at ``unet.index``
+``flame.<p>.<param>``     FLAME parameters (``flame_params()``) of the source (``src``) and of a
+                          driven frame (``drv``): shape [300], exp [100], pose [6] (global, jaw),
+                          eyes [6]
+``flame.<p>.vertices``    the official ``FLAMEModel(300, 100, scale=5, no_lmks=True)`` vertices
+                          [5023, 3] (FLAME x 5) for those parameters, on the synthetic FLAME file
+                          ``write_synthetic_flame()``: the expression Gaussians' positions
+                          (official: ``xyz = t_points``; rotations, scales, colours stay as at
+                          the source)
 ========================  ==========================================================
+
+The synthetic ``FLAME_with_eye.pt`` (``write_synthetic_flame(path, seed)``: every key the
+official ``FLAMEModel`` reads, FLAME's shapes, random contents, every vertex in some triangle) is
+written to a temporary folder and read by both the official ``FLAMEModel`` and gshead's ``flame``
+head model; it is never stored (25 MB).
 """
 
 from __future__ import annotations
@@ -58,6 +74,8 @@ VERTICES = 5023
 PERCEP_KEYS = {"percep_loss.vggface.conv_1_1.weight": [64, 3, 3, 3], "percep_loss.net.lin0.weight": [1, 64, 1, 1]}
 # Samples per stage (a few MB in all).
 N_TOKENS, N_DPT, N_GAUSS, N_EXPR, N_UNET = 32, 16384, 1024, 1024, 16384
+FRESH_NOISE_SEED = 1234
+FLAME_FACES, FLAME_JOINTS = 9976, 5
 
 
 # ---------------------------------------------------------------------------- shared inputs
@@ -117,6 +135,63 @@ def fixed_inputs(seed: int = SEED) -> dict[str, torch.Tensor]:
     return {"image": image, "transform": official_transform(), "vertices": vertices, "unet_input": features}
 
 
+def write_synthetic_flame(path: Path, seed: int = SEED) -> Path:
+    """A GAGAvatar-style ``FLAME_with_eye.pt`` with FLAME's keys and shapes and random contents
+    (float32; a 0.1 m head-sized sphere, local joint regressor, every vertex used by a triangle)."""
+    g = torch.Generator().manual_seed(seed + 3)
+    v, f, j = VERTICES, FLAME_FACES, FLAME_JOINTS
+    d = torch.randn(v, 3, generator=g)
+    template = 0.1 * d / d.norm(dim=1, keepdim=True)
+    cover = torch.cat([torch.randperm(v, generator=g), torch.randperm(v, generator=g)[: (-v) % 3]]).reshape(-1, 3)
+    rest = torch.stack([torch.randperm(v, generator=g)[:3] for _ in range(f - cover.shape[0])])
+    faces = torch.cat([cover, rest])
+    reg = torch.zeros(j, v)
+    for k in range(j):
+        cols = torch.randperm(v, generator=g)[:12]
+        w = torch.rand(12, generator=g) + 0.1
+        reg[k, cols] = w / w.sum()
+    weights = torch.rand(v, j, generator=g) ** 3
+    weights = weights / weights.sum(1, keepdim=True)
+    lmk_faces = torch.randint(0, f, (70,), generator=g)
+    lmk_bary = torch.rand(70, 3, generator=g)
+    lmk_bary = lmk_bary / lmk_bary.sum(1, keepdim=True)
+    model = {
+        "v_template": template,
+        "f": faces.long(),
+        "shapedirs": 2e-3 * torch.randn(v, 3, 400, generator=g),
+        "posedirs": 1e-2 * torch.randn(v, 3, 36, generator=g),
+        "J_regressor": reg,
+        "kintree_table": torch.tensor([[-1, 0, 1, 1, 1], [0, 1, 2, 3, 4]]),
+        "weights": weights,
+    }
+    lmk = {
+        "static_lmk_faces_idx": lmk_faces[17:68].clone(),
+        "static_lmk_bary_coords": lmk_bary[17:68].clone(),
+        "dynamic_lmk_faces_idx": torch.randint(0, f, (79, 17), generator=g),
+        "dynamic_lmk_bary_coords": torch.rand(79, 17, 3, generator=g),
+        "full_lmk_faces_idx_with_eye": lmk_faces[None].clone(),
+        "full_lmk_bary_coords_with_eye": lmk_bary[None].clone(),
+    }
+    path = Path(path)
+    torch.save({"flame_model": model, "lmk_embeddings": lmk}, path)
+    return path
+
+
+def flame_params(seed: int = SEED) -> dict[str, torch.Tensor]:
+    """FLAME parameters (official layout) of the source and of one driven frame: ``{src,drv}.shape``
+    [300] (shared), ``.exp`` [100], ``.pose`` [6] (global 0, jaw), ``.eyes`` [6] (left, right)."""
+    g = torch.Generator().manual_seed(seed + 4)
+    shape = 0.5 * torch.randn(300, generator=g)
+    out = {}
+    for name, amount in (("src", 0.3), ("drv", 1.0)):
+        jaw = amount * torch.tensor([0.2, 0.03, -0.02]) + 0.02 * torch.randn(3, generator=g)
+        out[f"flame.{name}.shape"] = shape.clone()
+        out[f"flame.{name}.exp"] = amount * torch.randn(100, generator=g)
+        out[f"flame.{name}.pose"] = torch.cat([torch.zeros(3), jaw])
+        out[f"flame.{name}.eyes"] = amount * 0.15 * torch.randn(6, generator=g)
+    return out
+
+
 def sample_indices(seed: int = SEED) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed + 2)
     tokens = torch.cat([torch.tensor([0, 1, 36, 37, 1368]), torch.randperm(1369, generator=g)[: N_TOKENS - 5]])
@@ -148,6 +223,28 @@ def _official_function(path: Path, name: str):
     namespace: dict = {"torch": torch}
     exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), namespace)
     return namespace[name]
+
+
+def _official_flame(official: Path, flame_file: Path):
+    """The official ``FLAMEModel`` (n_shape 300, n_exp 100, scale 5, no landmarks: what the official
+    loader builds), reading ``flame_file`` instead of ``<checkout>/assets/FLAME_with_eye.pt``.
+    ``core.libs.flame_model/__init__`` is skipped (it imports the pytorch3d mesh renderer)."""
+    package = types.ModuleType("core.libs.flame_model")
+    package.__path__ = [str(official / "core" / "libs" / "flame_model")]
+    sys.modules["core.libs.flame_model"] = package
+    import importlib
+
+    flame_module = importlib.import_module("core.libs.flame_model.FLAME")
+    real_load = torch.load
+
+    def load(f, *args, **kwargs):
+        return real_load(flame_file if str(f).endswith("FLAME_with_eye.pt") else f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        return flame_module.FLAMEModel(n_shape=300, n_exp=100, scale=5.0, no_lmks=True).eval()
+    finally:
+        torch.load = real_load
 
 
 def _install_stubs(official: Path, dinov2: Path, pytorch3d: Path | None) -> None:
@@ -275,6 +372,23 @@ def record(official: Path, dinov2: Path, pytorch3d: Path | None, out_dir: Path) 
     logits = model.upsampler(inputs["unet_input"], randomize_noise=False)
     out["unet.logits"] = logits.reshape(-1)[idx["unet.index"]]
     out["unet.values"] = torch.sigmoid(logits).reshape(-1)[idx["unet.index"]]
+    torch.manual_seed(FRESH_NOISE_SEED)  # the official inference default: fresh noise every call
+    fresh = model.upsampler(inputs["unet_input"])
+    out["unet.fresh.logits"] = fresh.reshape(-1)[idx["unet.index"]]
+
+    # FLAME: the expression Gaussians' positions at the source and at a driven frame
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        flame = _official_flame(official, write_synthetic_flame(Path(tmp) / "FLAME_with_eye.pt"))
+    params = flame_params()
+    out.update(params)
+    for name in ("src", "drv"):
+        verts = flame(
+            shape_params=params[f"flame.{name}.shape"][None], pose_params=params[f"flame.{name}.pose"][None],
+            expression_params=params[f"flame.{name}.exp"][None], eye_pose_params=params[f"flame.{name}.eyes"][None],
+        )
+        out[f"flame.{name}.vertices"] = verts[0].float()
 
     out = {k: v.contiguous() for k, v in out.items()}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -299,3 +299,29 @@ def test_style_unet_official_size_parameter_count_on_meta():
 def test_style_unet_rejects_a_fractional_bottleneck():
     with pytest.raises(ValueError):
         StyleUNetConfig(name="style-unet", resolution=20, depth=3)
+
+
+def test_style_unet_official_draws_fresh_noise_every_forward_in_eval_too():
+    """``compat: official``: new noise each call (the official ``randomize_noise=True``), reproducible
+    with a fixed torch seed; ``sane``: the stored buffers, deterministic."""
+    torch.manual_seed(0)
+    official = _refiner(compat="official")
+    sane = _refiner()
+    sane.load_state_dict(official.state_dict())
+    with torch.no_grad():  # a visible noise strength in every styled conv
+        for name, p in official.named_parameters():
+            if name.endswith(".weight") and p.numel() == 1:
+                p.fill_(0.5)
+        sane.load_state_dict(official.state_dict())
+    render = Render(torch.randn(1, 8, 16, 16), torch.ones(1, 1, 16, 16), torch.ones(1, 1, 16, 16))
+    assert not official.training
+    with torch.no_grad():
+        torch.manual_seed(5)
+        a = official(render)
+        b = official(render)
+        torch.manual_seed(5)
+        a_again = official(render)
+        s1, s2 = sane(render), sane(render)
+    assert not torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(a, a_again)
+    assert torch.equal(s1, s2) and not torch.allclose(s1, a, atol=1e-6)

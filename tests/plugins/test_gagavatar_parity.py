@@ -7,7 +7,11 @@ script's ``synthetic_checkpoint`` / ``fixed_inputs`` / ``sample_indices``). The 
 through gshead's importer mapping (``map_gagavatar``) into components built at the official
 sizes with ``compat: official``, and every stage must agree to 1e-4 relative (max abs error over
 max abs value of the reference): DINOv2 tokens, global feature, DPT map, both plane layers,
-expression Gaussians (source view; synthetic vertices, no FLAME needed), StyleUNet output.
+expression Gaussians (attributes at the source view; then, on a synthetic ``FLAME_with_eye.pt``
+that the official ``FLAMEModel`` and gshead's ``flame`` head model both read, positions and
+covariances at the source and at a driven expression / jaw / eyes), the refined image from the
+same 32-channel feature image through ``StyleUNetRefiner.forward`` (stored noise, and fresh noise
+under ``compat: official`` with the official seed).
 
 Units: the official code works in FLAME x 5, gshead in metres, so official lengths (positions,
 scales) are 5 x gshead's; the official camera (pytorch3d ``[R|T]``, focal 12) is converted to
@@ -28,7 +32,7 @@ from safetensors.torch import load_file
 
 from gshead.commands.importers import map_gagavatar
 from gshead.core.components import BuildContext
-from gshead.core.types import Camera
+from gshead.core.types import Camera, HeadParams, Render
 from gshead.plugins._shared.direction_code import forward_direction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +98,8 @@ def parity():
         BuildContext(feature_channels=32, head_model=head, encoder_channels=(768,) * 4, encoder_global_channels=768),
     )
     refiner = StyleUNetRefiner(
-        StyleUNetConfig(resolution=512, depth=7, width=16, max_width=256, style_channels=512, mapping_layers=8),
+        StyleUNetConfig(resolution=512, depth=7, width=16, max_width=256, style_channels=512, mapping_layers=8,
+                        compat="official"),
         BuildContext(feature_channels=32),
     )
     for slot, module in (("encoder", encoder), ("lifter", lifter), ("driver", driver), ("refiner", refiner)):
@@ -111,9 +116,19 @@ def parity():
         hook.remove()
         out["dpt"] = captured["dpt"]
         out["expression"] = driver.attributes(feats.global_token, forward_direction(camera))
-        style, conditions = refiner.encode(inputs["unet_input"])
-        out["unet_logits"] = refiner.stylegan_decoder(style, conditions)
-    return {"ref": ref, "out": out}
+        # the refiner's whole forward on the same 32-channel feature image, logits captured
+        logits = []
+        hook = refiner.stylegan_decoder.register_forward_hook(lambda m, a, o: logits.append(o))
+        feature_image = inputs["unet_input"]
+        render = Render(feature_image, torch.ones_like(feature_image[:, :1]), torch.ones_like(feature_image[:, :1]))
+        refiner.fresh_noise = False  # the stored buffers (the official randomize_noise=False)
+        out["refined"] = refiner(render)
+        refiner.fresh_noise = True  # compat: official, as built: fresh noise, seeded as recorded
+        torch.manual_seed(script.FRESH_NOISE_SEED)
+        out["refined_fresh"] = refiner(render)
+        hook.remove()
+        out["unet_logits"], out["unet_fresh_logits"] = logits
+    return {"ref": ref, "out": out, "slots": slots, "camera": camera, "script": script}
 
 
 def test_dinov2_tokens(parity):
@@ -168,6 +183,100 @@ def test_style_unet_output(parity):
     idx = ref["unet.index"]
     assert rel(logits.reshape(-1)[idx], ref["unet.logits"]) <= TOL
     assert rel(torch.sigmoid(logits).reshape(-1)[idx], ref["unet.values"]) <= TOL
+
+
+def test_refined_image_from_the_same_features(parity):
+    """``StyleUNetRefiner.forward(Render)`` is the official ``upsampler(gen_images)`` + the inference's
+    ``clamp(0, 1)``: stored noise, and with ``compat: official`` fresh noise drawn as the official
+    ``randomize_noise=True`` draws it (same torch seed -> same image)."""
+    ref, out = parity["ref"], parity["out"]
+    idx = ref["unet.index"]
+    assert tuple(out["refined"].shape) == (1, 3, 512, 512)
+    assert rel(out["refined"].reshape(-1)[idx], ref["unet.values"].clamp(0, 1)) <= TOL
+    assert rel(out["unet_fresh_logits"].reshape(-1)[idx], ref["unet.fresh.logits"]) <= TOL
+    fresh = torch.sigmoid(ref["unet.fresh.logits"]).clamp(0, 1)
+    assert rel(out["refined_fresh"].reshape(-1)[idx], fresh) <= TOL
+    # fresh noise really is fresh: the two official-noise logits differ from the stored-noise ones
+    assert not torch.allclose(ref["unet.fresh.logits"], ref["unet.logits"])
+
+
+# ------------------------------------------------------------------ FLAME: source and driven frames
+def official_sigma(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The official rasterizer's covariance: unit-quaternion formula on raw (non-unit) values."""
+    w, x, y, z = quats.double().unbind(-1)
+    r = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(*quats.shape[:-1], 3, 3)
+    return r @ torch.diag_embed(scales.double() ** 2) @ r.transpose(-1, -2)
+
+
+def head_params(ref: dict, name: str) -> HeadParams:
+    """Official FLAME parameters -> gshead HeadParams (pose = [global, jaw]; the global part is 0)."""
+    pose = ref[f"flame.{name}.pose"]
+    assert torch.count_nonzero(pose[:3]) == 0
+    return HeadParams(
+        identity=ref[f"flame.{name}.shape"][None], expression=ref[f"flame.{name}.exp"][None],
+        jaw=pose[None, 3:], eyes=ref[f"flame.{name}.eyes"][None],
+        rotation=torch.zeros(1, 3), translation=torch.zeros(1, 3),
+    )
+
+
+@pytest.fixture(scope="module")
+def driven(parity, tmp_path_factory):
+    from gshead.plugins.drivers.expression_gaussians import (
+        ExpressionGaussiansConfig,
+        ExpressionGaussiansDriver,
+    )
+    from gshead.plugins.headmodels.flame import FlameHeadConfig, FlameHeadModel
+
+    ref, script = parity["ref"], parity["script"]
+    if "flame.src.vertices" not in ref:
+        pytest.skip("reference recorded without FLAME; re-record it")
+    path = script.write_synthetic_flame(tmp_path_factory.mktemp("flame") / "FLAME_with_eye.pt")
+    flame = FlameHeadModel(FlameHeadConfig(path=str(path)))
+    driver = ExpressionGaussiansDriver(
+        ExpressionGaussiansConfig(code_channels=256, hidden=256, layers=4, head_hidden=128, max_scale=0.01,
+                                  compat="official"),
+        BuildContext(feature_channels=32, head_model=flame, encoder_channels=(768,) * 4, encoder_global_channels=768),
+    )
+    driver.load_state_dict(parity["slots"]["driver"], strict=True)
+    driver.eval()
+    with torch.no_grad():
+        rig = driver.prepare(parity["out"]["features"], head_params(ref, "src"), parity["camera"], None)
+        frame = driver.drive(types.SimpleNamespace(rig=rig), head_params(ref, "drv"))
+    return {"src": rig.dynamic, "drv": frame, "ref": ref}
+
+
+@pytest.mark.parametrize("frame", ["src", "drv"])
+def test_expression_gaussian_positions_on_flame(driven, frame):
+    """Positions: the official ``t_points`` (FLAMEModel x 5) at the source and at a driven
+    expression, jaw and eye pose, against gshead's ``flame`` head model + binding (metres)."""
+    ref, g = driven["ref"], driven[frame]
+    official = ref[f"flame.{frame}.vertices"]
+    assert tuple(g.means.shape) == (1, 5023, 3)
+    assert rel(g.means[0] * FLAME_X5, official) <= TOL
+    if frame == "drv":  # the driven frame really moves the vertices
+        assert (ref["flame.drv.vertices"] - ref["flame.src.vertices"]).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("frame", ["src", "drv"])
+def test_expression_gaussian_covariances_on_flame(driven, frame):
+    """The official rotations and scales are fixed when driven: every frame draws the covariance
+    the official rasterizer builds from the recorded non-unit quaternions; colours and opacities
+    are the source's."""
+    ref, g = driven["ref"], driven[frame]
+    idx = ref["g.index"]
+    rot = g.quats[0, idx].double()
+    rot = rot / rot.norm(dim=-1, keepdim=True)
+    from gshead.core.geometry import quat_to_rotmat
+
+    r = quat_to_rotmat(rot)
+    ours = r @ torch.diag_embed((g.scales[0, idx].double() * FLAME_X5) ** 2) @ r.transpose(-1, -2)
+    assert rel(ours, official_sigma(ref["g.rotations"], ref["g.scales"])) <= TOL
+    assert rel(g.features[0, idx], ref["g.colors"]) <= TOL
+    assert rel(g.opacities[0, idx, None], ref["g.opacities"]) <= TOL
 
 
 def test_camera_conversion_puts_the_official_plane_where_the_official_code_does(parity):

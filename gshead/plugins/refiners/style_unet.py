@@ -14,12 +14,20 @@ result resized back to H x W. Inside (GFPGAN-style "clean" architecture):
   feature of the same size before each block (skip by addition); after each block two small
   conv nets give an SFT scale and shift at that size;
 * **StyleGAN2 decoder**: a learned constant at the bottleneck size, then per size two modulated
-  3x3 convs with demodulation (the first upsamples x2), fixed noise inputs with learned strength
-  (stored buffers, so the output is deterministic), and a modulated 1x1 "to RGB" whose outputs
+  3x3 convs with demodulation (the first upsamples x2), noise inputs with learned strength
+  (``compat: sane``: the stored buffers, so the output is deterministic; ``compat: official``:
+  fresh noise every forward, see below), and a modulated 1x1 "to RGB" whose outputs
   are upsampled and summed. Spatial feature transform: after the first conv at each size the
   *whole* feature map becomes ``feature * scale + shift`` (GFPGAN's ``sft_half: false``).
   Decoder channels are ``2 x`` the UNet's at each size (GAGAvatar: 512 ... 32);
 * the summed RGB goes through a sigmoid: images in [0, 1].
+
+``compat: official`` (``configs/gagavatar.yaml``): like the official inference
+(``StyleUNet.forward(x)`` with its default ``randomize_noise=True``), every styled conv draws
+fresh standard-normal noise [B, 1, h, w] from torch's global generator at every forward, in
+training *and* in eval, in the official order (``style_conv1``, then the two convs of each size);
+with the same ``torch.manual_seed`` the output is the official one. The stored ``noises.noise{k}``
+buffers are then unused (still loaded). ``compat: sane`` (default) uses the stored buffers.
 
 GAGAvatar's sizes are ``resolution: 512, depth: 7, width: 16, max_width: 256, style_channels:
 512, mapping_layers: 8``: 48.7M parameters. The defaults are a CPU-sized variant.
@@ -79,6 +87,9 @@ class StyleUNetConfig(RefinerConfig):
     """Size of the style code and of the mapping MLP (GAGAvatar: 512)."""
     mapping_layers: int = Field(4, ge=0, le=16)
     """Linear + LeakyReLU layers of the StyleGAN mapping MLP (GAGAvatar: 8)."""
+    compat: Literal["sane", "official"] = "sane"
+    """``official``: fresh noise from torch's generator at every forward, eval included (the official
+    inference, ``randomize_noise=True``); ``sane``: the stored noise buffers (deterministic)."""
 
     @model_validator(mode="after")
     def _bottleneck(self):
@@ -170,8 +181,12 @@ class StyleConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))  # noise strength
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
-    def forward(self, x: Tensor, style: Tensor, noise: Tensor) -> Tensor:
+    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None) -> Tensor:
+        """``noise`` [1 or B, 1, h, w]; None: fresh standard-normal noise [B, 1, h, w] (torch's generator)."""
         out = self.modulated_conv(x, style) * math.sqrt(2.0)
+        if noise is None:
+            b, _, h, w = out.shape
+            noise = out.new_empty(b, 1, h, w).normal_()
         return _lrelu(out + self.weight * noise + self.bias)
 
 
@@ -217,10 +232,14 @@ class StyleDecoder(nn.Module):
         for k, s in enumerate(sizes):
             self.noises.register_buffer(f"noise{k}", torch.randn(1, 1, s, s))
 
-    def forward(self, style: Tensor, conditions: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """``style`` [B, S]; ``conditions[l]`` (scale, shift) at size bottleneck * 2^(l+1) -> [B, 3, R, R]."""
+    def forward(
+        self, style: Tensor, conditions: list[tuple[Tensor, Tensor]], fresh_noise: bool = False
+    ) -> Tensor:
+        """``style`` [B, S]; ``conditions[l]`` (scale, shift) at size bottleneck * 2^(l+1) -> [B, 3, R, R].
+        ``fresh_noise``: draw new noise in every styled conv instead of the stored buffers."""
         w = self.style_mlp(style)  # [B, S]
-        noise = [getattr(self.noises, f"noise{k}") for k in range(2 * len(self.to_rgbs) + 1)]
+        n = 2 * len(self.to_rgbs) + 1
+        noise = [None] * n if fresh_noise else [getattr(self.noises, f"noise{k}") for k in range(n)]
         out = self.constant_input.weight.repeat(
             style.shape[0], 1, 1, 1
         )  # a copy: an alias of a Parameter upsets module hooks
@@ -249,6 +268,7 @@ class StyleUNetRefiner(nn.Module):
     def __init__(self, config: StyleUNetConfig, context: BuildContext) -> None:
         super().__init__()
         self.config = config
+        self.fresh_noise = config.compat == "official"
         self.in_channels = context.feature_channels
         r, depth = config.resolution, config.depth
         self.bottleneck = r // 2**depth
@@ -289,7 +309,7 @@ class StyleUNetRefiner(nn.Module):
 
     def decode(self, style: Tensor, conditions: list[tuple[Tensor, Tensor]]) -> Tensor:
         """Style code [B, S] + conditions -> image [B, 3, R, R] in [0, 1]."""
-        return torch.sigmoid(self.stylegan_decoder(style, conditions))
+        return torch.sigmoid(self.stylegan_decoder(style, conditions, fresh_noise=self.fresh_noise))
 
     def forward(self, render: Render) -> Tensor:
         x = render.features  # [B, C, H, W]

@@ -1,0 +1,166 @@
+"""GAGAvatar_track output (``optim.pkl`` / ``smoothed.pkl``) as a gshead ``TrackedSequence``.
+
+GAGAvatar_track (github.com/xg-chu/GAGAvatar_track) writes a pickle of
+``{frame_key: {field: numpy array}}``; per frame:
+
+==================  =======  ===============================================================
+``bbox``            [4]      head box (x0, y0, x1, y1) in [0, 1] of the tracked crop (dropped:
+                             used only by the official training loss)
+``shapecode``       [300]    FLAME identity -> ``HeadParams.identity``
+``expcode``         [100]    FLAME expression -> ``HeadParams.expression``
+``posecode``        [6]      [global pose, jaw] axis-angle; the tracker always writes global 0
+                             -> ``HeadParams.jaw`` (a non-zero global pose is refused, see below)
+``eyecode``         [6]      [left eye, right eye] axis-angle -> ``HeadParams.eyes``
+``transform_matrix`` [3, 4]  pytorch3d ``[R|T]``: ``x_cam = x R + T`` (row vectors), camera +X
+                             left, +Y up, +Z forward, FLAME x 5 units, NDC focal 12
+==================  =======  ===============================================================
+
+Frames are ordered by the integer after the key's last ``_`` (as the official loader does).
+
+Camera, exactly: gshead's ``Camera`` is OpenCV (``x_cam = R_cv x + t_cv``, +X right, +Y down),
+metres (FLAME x 5 / 5), pixels::
+
+    F      = diag(-1, -1, 1)
+    R_cv   = F R^T
+    t_cv   = F T / 5
+    K      = [[12 S/2, 0, S/2], [0, 12 S/2, S/2], [0, 0, 1]]     (S = size, 512 for GAGAvatar)
+
+so a FLAME x 5 point ``x`` at NDC ``(12 X/Z, 12 Y/Z)`` of the pytorch3d camera lands at pixel
+``u = S/2 (1 - 12 X/Z)``, ``v = S/2 (1 - 12 Y/Z)``, which is gshead's projection of ``x / 5``.
+``to_gagavatar_track`` is the inverse (``R = R_cv^T F``, ``T = 5 F t_cv``).
+
+A non-zero global pose (``posecode[:3]``) is refused: the official code turns only the
+expression Gaussians by it, about FLAME joint 0, which gshead's head-pose-as-camera-motion
+cannot reproduce (``docs/gagavatar.md``). The pickle is read with gshead's restricted unpickler
+(plain NumPy arrays only; nothing in the file runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gshead.core.errors import InputError
+from gshead.core.types import Camera, HeadParams
+from gshead.io.sequence import TrackedSequence
+
+FLAME_X5 = 5.0
+FOCAL = 12.0
+SIZE = 512
+FIELDS = {"shapecode": 300, "expcode": 100, "posecode": 6, "eyecode": 6}
+_FLIP = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+
+
+def _frame_order(key: str) -> tuple[int, str]:
+    tail = str(key).rsplit("_", 1)[-1]
+    return (int(tail), str(key)) if tail.isdigit() else (-1, str(key))
+
+
+def official_to_camera(transform: Tensor, size: int = SIZE, focal: float = FOCAL) -> Camera:
+    """pytorch3d ``[R|T]`` [T, 3, 4] (FLAME x 5, focal ``focal``) -> gshead ``Camera`` [T] (module docstring)."""
+    transform = transform.to(torch.float64)
+    if transform.dim() != 3 or tuple(transform.shape[1:]) != (3, 4):
+        raise InputError(f"GAGAvatar_track: transform_matrix must be [3, 4] per frame, got {list(transform.shape[1:])}")
+    n = transform.shape[0]
+    w2c = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+    w2c[:, :3, :3] = _FLIP @ transform[:, :, :3].transpose(1, 2)
+    w2c[:, :3, 3] = (_FLIP @ transform[:, :, 3:])[..., 0] / FLAME_X5
+    f = focal * size / 2
+    k = torch.tensor([[f, 0.0, size / 2], [0.0, f, size / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return Camera(w2c.float(), k.float().repeat(n, 1, 1), size, size)
+
+
+def camera_to_official(camera: Camera) -> Tensor:
+    """The inverse of ``official_to_camera``: gshead ``Camera`` [T] -> pytorch3d ``[R|T]`` [T, 3, 4]."""
+    w2c = camera.world_to_camera.to(torch.float64)
+    r = w2c[:, :3, :3].transpose(1, 2) @ _FLIP
+    t = FLAME_X5 * (_FLIP @ w2c[:, :3, 3:])[..., 0]
+    return torch.cat([r, t[..., None]], dim=-1).float()
+
+
+def read_gagavatar_track(
+    source: str | Path | dict[str, dict[str, Any]], fps: float = 25.0, size: int = SIZE
+) -> TrackedSequence:
+    """GAGAvatar_track results (a path to its pickle, or the loaded dict) -> ``TrackedSequence``
+    on the ``flame`` head model, cameras for ``size`` x ``size`` crops (module docstring)."""
+    sha = ""
+    name = "GAGAvatar_track"
+    if isinstance(source, (str, Path)):
+        from gshead.plugins.headmodels._safe_pickle import loads_restricted
+
+        data_bytes = Path(source).read_bytes()
+        sha = hashlib.sha256(data_bytes).hexdigest()
+        name = str(source)
+        records = loads_restricted(data_bytes, name)
+    else:
+        records = source
+    if not isinstance(records, dict) or not records:
+        raise InputError(f"{name}: expected a non-empty dict {{frame_key: {{field: array}}}} (GAGAvatar_track output)")
+    keys = sorted(records, key=_frame_order)
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in (*FIELDS, "transform_matrix")}
+    for key in keys:
+        rec = records[key]
+        if not isinstance(rec, dict):
+            raise InputError(f"{name}: frame {key!r} is not a dict of arrays")
+        for field, n in (*FIELDS.items(), ("transform_matrix", 12)):
+            if field not in rec:
+                raise InputError(f"{name}: frame {key!r} has no {field!r}; expected {', '.join(columns)}")
+            value = np.asarray(rec[field], dtype=np.float64)
+            if value.size != n:
+                raise InputError(f"{name}: frame {key!r} field {field!r} has {value.size} values; expected {n}")
+            columns[field].append(value.reshape(-1) if field != "transform_matrix" else value.reshape(3, 4))
+    t = {k: torch.from_numpy(np.stack(v)) for k, v in columns.items()}
+    if not all(bool(torch.isfinite(v).all()) for v in t.values()):
+        raise InputError(f"{name}: non-finite values in the tracker output")
+    glob = t["posecode"][:, :3]
+    if bool((glob.abs() > 1e-6).any()):
+        frame = keys[int((glob.abs() > 1e-6).any(1).nonzero()[0])]
+        raise InputError(
+            f"{name}: frame {frame!r} has a non-zero global pose (posecode[:3]); the official code turns only "
+            "the expression Gaussians by it, which gshead cannot reproduce; GAGAvatar_track writes 0 there"
+        )
+    n = len(keys)
+    params = HeadParams(
+        identity=t["shapecode"].float(),
+        expression=t["expcode"].float(),
+        jaw=t["posecode"][:, 3:].float(),
+        eyes=t["eyecode"].float(),
+        rotation=torch.zeros(n, 3),
+        translation=torch.zeros(n, 3),
+    )
+    return TrackedSequence(
+        params=params,
+        camera=official_to_camera(t["transform_matrix"], size),
+        valid=torch.ones(n, dtype=torch.bool),
+        fps=float(fps),
+        head_model="flame",
+        source_sha256=sha,
+        tracker=json.dumps({"name": "GAGAvatar_track", "frames": [str(k) for k in keys]}),
+    )
+
+
+def to_gagavatar_track(seq: TrackedSequence, prefix: str = "frame") -> dict[str, dict[str, np.ndarray]]:
+    """A ``TrackedSequence`` (global pose 0) back to GAGAvatar_track's per-frame dict (no ``bbox``)."""
+    if bool((seq.params.rotation.abs() > 1e-6).any()) or bool((seq.params.translation.abs() > 1e-6).any()):
+        raise InputError("to_gagavatar_track: head pose must be in the cameras (rotation, translation 0)")
+    transforms = camera_to_official(seq.camera)
+    p = seq.params
+    out = {}
+    for i in range(p.batch_size):
+        out[f"{prefix}_{i}"] = {
+            "shapecode": p.identity[i].numpy().astype(np.float32),
+            "expcode": p.expression[i].numpy().astype(np.float32),
+            "posecode": np.concatenate([np.zeros(3, np.float32), p.jaw[i].numpy().astype(np.float32)]),
+            "eyecode": p.eyes[i].numpy().astype(np.float32),
+            "transform_matrix": transforms[i].numpy(),
+        }
+    return out
+
+
+__all__ = ["camera_to_official", "official_to_camera", "read_gagavatar_track", "to_gagavatar_track"]
