@@ -25,7 +25,7 @@ MOVED = {
     "gshead.plugins.trackers.mediapipe_tracker": "gshead.plugins.trackers.mediapipe",
     "gshead.plugins.trackers.sequence_file": "gshead.plugins.trackers.file",
     "gshead.plugins.headmodels.linear": "gshead.plugins.headmodels._linear",
-    "gshead.plugins.headmodels.safe_pickle": "gshead.plugins.headmodels._safe_pickle",
+    "gshead.plugins.headmodels.safe_pickle": "gshead.io.safe_pickle",
     "gshead.plugins.encoders.vit": "gshead.plugins.encoders._vit",
     "gshead.plugins.lifters.dpt": "gshead.plugins.lifters._dpt",
     "gshead.commands.reenact_views": "gshead.commands._views",

@@ -92,7 +92,7 @@ def read_gagavatar_track(
     sha = ""
     name = "GAGAvatar_track"
     if isinstance(source, (str, Path)):
-        from gshead.plugins.headmodels._safe_pickle import loads_restricted
+        from gshead.io.safe_pickle import loads_restricted
 
         data_bytes = Path(source).read_bytes()
         sha = hashlib.sha256(data_bytes).hexdigest()

@@ -38,7 +38,7 @@ from gshead.core.config import HeadModelConfig
 from gshead.core.errors import InputError
 from gshead.core.hookspecs import hookimpl
 from gshead.plugins.headmodels._linear import LinearHeadModel
-from gshead.plugins.headmodels._safe_pickle import load_restricted, loads_restricted
+from gshead.io.safe_pickle import load_restricted, loads_restricted
 
 ENV_FLAME_PATH = "GSHEAD_FLAME_PATH"
 FLAME_JOINTS: tuple[str, ...] = ("global", "neck", "jaw", "eye_left", "eye_right")

@@ -28,7 +28,7 @@ from gshead.plugins.headmodels.flame import (
     FlameHeadModel,
     read_landmark_file,
 )
-from gshead.plugins.headmodels._safe_pickle import load_restricted, loads_restricted
+from gshead.io.safe_pickle import load_restricted, loads_restricted
 from gshead.testing import check_component
 
 V, F, J = 5023, 9976, 5
