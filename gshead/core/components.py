@@ -130,6 +130,18 @@ class HeadModel(Protocol):
 
 
 @runtime_checkable
+class LandmarkRigHead(Protocol):
+    """Optional head-model ability: a landmark-only evaluator for fast landmark fits (the linear
+    head models have it). ``landmark_rig(indices)`` returns an object that maps basis
+    coefficients [.., I + E], jaw [.., 3] and eyes [.., 6] to those landmarks [.., K, 3] exactly,
+    without evaluating the full mesh (see ``gshead.plugins.headmodels._linear.LandmarkRig``)."""
+
+    identity_dim: int
+
+    def landmark_rig(self, landmarks: Tensor | None = None) -> Any: ...
+
+
+@runtime_checkable
 class Encoder(Protocol):
     """Image features for lifting; runs once per source portrait."""
 

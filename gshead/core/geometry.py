@@ -46,6 +46,7 @@ __all__ = [
     "quat_to_rotmat",
     "rotmat_to_quat",
     "quat_multiply",
+    "rotvec_to_rotmat",
     "project_points",
     "view_direction",
     "harmonic_encoding",
@@ -103,6 +104,22 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
         ),
         dim=-1,
     )
+
+
+def rotvec_to_rotmat(v: Tensor) -> Tensor:
+    """Rodrigues' formula [.., 3] -> [.., 3, 3], smooth at zero (Taylor terms below 1e-4 rad) and
+    free of data-dependent branches (``torch.func``-safe)."""
+    th2 = (v * v).sum(-1, keepdim=True)[..., None]  # [.., 1, 1]
+    small = th2 < 1e-8
+    safe = torch.where(small, torch.ones_like(th2), th2)
+    th = safe.sqrt()
+    a = torch.where(small, 1 - th2 / 6, torch.sin(th) / th)
+    b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / safe)
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    o = torch.zeros_like(x)
+    k = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).view(*v.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device)
+    return eye + a * k + b * (k @ k)
 
 
 # -- cameras --------------------------------------------------------------------------------------

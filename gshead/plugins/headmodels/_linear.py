@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from gshead.core.errors import GsheadError, ShapeError
+from gshead.core.geometry import rotvec_to_rotmat
 from gshead.core.types import HeadMesh, HeadParams
 
 
@@ -322,3 +323,108 @@ class LinearHeadModel(torch.nn.Module):
             f"identity_dim={self.identity_dim}, expressions={self.expression_dim}, joints={self.num_joints}, "
             f"pose_basis={self.pose_basis is not None}"
         )
+
+
+    def landmark_rig(self, landmarks: Tensor | None = None) -> LandmarkRig:
+        """This model restricted to ``landmarks`` (indices; default all): an exact, cheap
+        evaluator of just those points for landmark fits (``gshead.core.components.LandmarkRigHead``)."""
+        return LandmarkRig(self, landmarks)
+
+# ------------------------------------------------------------------ landmarks only
+class LandmarkRig:
+    """``LinearHeadModel`` restricted to some of its landmarks: exact, and a few hundred times
+    cheaper than the full mesh (what a landmark fit evaluates hundreds of times per frame).
+
+    A landmark is ``Σ bary · vertex`` over its triangle's corners, and every step of the model is
+    per vertex except the rest joints (``joint_regressor @ shaped``, linear in the coefficients).
+    So only the corner vertices' rows of template, bases, pose correctives and skin weights are
+    kept (``C`` corners), plus the joints' rows of the regressed template and bases::
+
+        shaped_c = template_c + basis_c · coefficients        [.., C, 3]
+        rest     = joint_template + joint_basis · coefficients [.., J, 3]
+
+    ``template``/``basis`` may be replaced by ``with_identity`` (identity folded in, only the
+    expression columns left), so a per-frame fit never touches the identity basis. Every method is
+    plain tensor code (no data-dependent control flow), usable under ``torch.func`` transforms.
+    """
+
+    def __init__(self, model: LinearHeadModel, landmarks: Tensor | None = None) -> None:
+        lmk = torch.arange(len(model.landmark_names)) if landmarks is None else landmarks.long().cpu()
+        dev = model.template.device
+        tri = model.faces[model.landmark_faces[lmk.to(dev)]]  # [K, 3] vertex ids
+        corners, inverse = torch.unique(tri.reshape(-1), return_inverse=True)
+        self.corner_index = inverse.view(-1, 3)  # [K, 3] into the C corners
+        self.barycentric = model.landmark_barycentric[lmk.to(dev)]  # [K, 3]
+        basis = torch.cat([model.identity_basis, model.expression_basis], 2)  # [V, 3, I + E]
+        self.identity_dim = model.identity_dim
+        self.template = model.template[corners]  # [C, 3]
+        self.basis = basis[corners]  # [C, 3, I + E]
+        self.joint_template = model.joint_regressor @ model.template  # [J, 3]
+        self.joint_basis = torch.einsum("jv,vcn->jcn", model.joint_regressor, basis)  # [J, 3, I + E]
+        self.pose_basis = None if model.pose_basis is None else model.pose_basis[corners]
+        self.skin_weights = model.skin_weights[corners]  # [C, J]
+        self.parents = model.parents
+        self.jaw_joint = model.jaw_joint
+        self.eye_joints = model.eye_joints
+
+    def with_identity(self, identity: Tensor, columns: Tensor) -> LandmarkRig:
+        """A copy with ``identity`` [I] folded into the template and only basis ``columns`` kept
+        (indices into the I + E coefficient columns, e.g. ``I + expression indices``)."""
+        rig = object.__new__(LandmarkRig)
+        rig.__dict__.update(self.__dict__)
+        ident = identity.to(self.template)
+        i = self.identity_dim
+        rig.template = self.template + self.basis[..., :i] @ ident
+        rig.joint_template = self.joint_template + self.joint_basis[..., :i] @ ident
+        rig.basis = self.basis[..., columns]
+        rig.joint_basis = self.joint_basis[..., columns]
+        rig.identity_dim = 0
+        return rig
+
+    def rotations(self, jaw: Tensor, eyes: Tensor | None = None) -> Tensor:
+        """Local joint rotations [.., J, 3, 3] from jaw [.., 3] and eyes [.., 6] axis-angles."""
+        eye = torch.eye(3, dtype=jaw.dtype, device=jaw.device).expand(*jaw.shape[:-1], 3, 3)
+        mats = [eye] * len(self.parents)
+        mats[self.jaw_joint] = rotvec_to_rotmat(jaw)
+        if self.eye_joints is not None and eyes is not None:
+            mats[self.eye_joints[0]] = rotvec_to_rotmat(eyes[..., :3])
+            mats[self.eye_joints[1]] = rotvec_to_rotmat(eyes[..., 3:])
+        return torch.stack(mats, -3)
+
+    def skin(self, shaped: Tensor, rest: Tensor, rot: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """Landmarks [.., K, 3] of corners ``shaped`` [.., C, 3] with rest joints [.., J, 3] posed by
+        local rotations ``rot`` [.., J, 3, 3] (``LinearHeadModel.forward``'s delta form).
+
+        Linear in (shaped, rest) for fixed ``rot``; ``offsets`` [.., C, 3] (pose correctives) are
+        added to ``shaped`` before skinning but take no part in the rest joints."""
+        eye = torch.eye(3, dtype=shaped.dtype, device=shaped.device)
+        posed = shaped if offsets is None else shaped + offsets
+        g_rot = [rot[..., 0, :, :]]
+        disp = [torch.zeros_like(rest[..., 0, :])]
+        for k in range(1, len(self.parents)):
+            p = self.parents[k]
+            g_rot.append(g_rot[p] @ rot[..., k, :, :])
+            bone = rest[..., k, :] - rest[..., p, :]
+            disp.append(disp[p] + ((g_rot[p] - eye) @ bone[..., None])[..., 0])
+        g_minus_i = torch.stack(g_rot, -3) - eye  # [.., J, 3, 3]
+        c = torch.stack(disp, -2) - (g_minus_i @ rest[..., None])[..., 0]  # [.., J, 3]
+        m_v = torch.einsum("vj,...jxy->...vxy", self.skin_weights, g_minus_i)  # [.., C, 3, 3]
+        c_v = torch.einsum("vj,...jx->...vx", self.skin_weights, c)
+        verts = posed + (m_v @ posed[..., None])[..., 0] + c_v  # [.., C, 3]
+        corners = verts[..., self.corner_index, :]  # [.., K, 3, 3]
+        return (self.barycentric[..., None] * corners).sum(-2)
+
+    def pose_offsets(self, rot: Tensor) -> Tensor | None:
+        """Pose-corrective offsets [.., C, 3] of local rotations [.., J, 3, 3] (None without a basis)."""
+        if self.pose_basis is None or len(self.parents) < 2:
+            return None
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        feature = (rot[..., 1:, :, :] - eye).flatten(-3)  # [.., 9·(J-1)]
+        return torch.einsum("vcp,...p->...vc", self.pose_basis, feature)
+
+    def __call__(self, coefficients: Tensor, jaw: Tensor, eyes: Tensor | None = None) -> Tensor:
+        """Landmarks [.., K, 3] for basis ``coefficients`` [.., N], jaw [.., 3], eyes [.., 6]."""
+        shaped = self.template + (self.basis @ coefficients[..., None, :, None])[..., 0]
+        rest = self.joint_template + (self.joint_basis @ coefficients[..., None, :, None])[..., 0]
+        rot = self.rotations(jaw, eyes)
+        return self.skin(shaped, rest, rot, self.pose_offsets(rot))

@@ -41,10 +41,11 @@ import torch.autograd.forward_ad as fwAD
 from pydantic import Field
 from torch import Tensor, nn
 
-from gshead.core.components import BuildContext, HeadModel, TrackerConfig
+from gshead.core.components import BuildContext, HeadModel, LandmarkRigHead, TrackerConfig
 from gshead.core.errors import ConfigError, InputError, ShapeError
 from gshead.core.hookspecs import hookimpl
 from gshead.core.types import Camera, CropBox, HeadParams, Tracked
+from gshead.plugins.trackers._fit import fit_linear
 
 MEDIAPIPE_POINTS = 478
 """Points of MediaPipe's face mesh with iris refinement (468 mesh + 2 x 5 iris)."""
@@ -189,7 +190,6 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-@_one_thread()
 def fit_landmarks(
     head_model: HeadModel,
     targets: Tensor,
@@ -213,10 +213,37 @@ def fit_landmarks(
     neutral head moved to the landmarks' centroid and scale. Works on the head model's device.
 
     Runs on one CPU thread (restored afterwards): the tensors are tiny, and on a busy machine
-    torch's thread pool made the fit 10-50x slower.
+    torch's thread pool made the fit 10-50x slower (re-measured for the fast path: 2 threads
+    5-10x slower on a shared 2-core machine).
+
+    Head models with a landmark rig (``LandmarkRigHead``: procedural, anny-head, FLAME) take the fast path
+    (``gshead.plugins.trackers._fit``): landmark rows only, identity fitted on up to 4 frames of
+    the batch, then every frame's pose, jaw and expression with that identity, warm-started from
+    the nearest identity frame, with ``torch.func`` Jacobians. Other head models use the generic
+    path below (full forward passes, forward-mode AD).
     """
     if targets.dim() != 3 or targets.shape[-1] != 2:
         raise ShapeError(f"fit_landmarks: expected targets [B, K, 2], got {list(targets.shape)}")
+    fast = isinstance(head_model, LandmarkRigHead)
+    with _one_thread():  # measured: 2 threads made the fast fit 5-10x slower on a shared 2-core box
+        return _fit_landmarks(
+            head_model, targets, camera, indices, expressions, iterations,
+            identity_weight, expression_weight, jaw_weight, fast,
+        )
+
+
+def _fit_landmarks(
+    head_model: HeadModel,
+    targets: Tensor,
+    camera: Camera,
+    indices: Tensor | None,
+    expressions: tuple[str, ...],
+    iterations: int,
+    identity_weight: float,
+    expression_weight: float,
+    jaw_weight: float,
+    fast: bool,
+) -> LandmarkFit:
     b = targets.shape[0]
     dev = head_model.template.device
     targets = targets.detach().to(dev, torch.float32).clone()  # clone: not an inference tensor
@@ -281,6 +308,21 @@ def fit_landmarks(
         jx = torch.stack(cols_x, -1).double()
         jz = torch.stack(cols_z, -1).double() if n_i else torch.zeros(*jx.shape[:2], 0).to(jx)
         return jx, jz
+
+    if fast:
+        x0 = torch.cat([torch.zeros(b, 3, device=dev), trans0, torch.zeros(b, 3 + n_e, device=dev)], 1)
+        with torch.no_grad():
+            x, z, proj = fit_linear(
+                head_model, targets, camera.world_to_camera.to(targets), camera.intrinsics.to(targets),
+                unit, indices, expr_index, x0, iterations, identity_weight, expression_weight, jaw_weight,
+            )
+        rot, trans, jaw, expr = x.split(sizes, 1)
+        p = params_of(rot, trans, jaw, expr, z[None])
+        error = (proj - targets).square().sum(-1).mean(1).sqrt()
+        p = HeadParams(
+            *(t.detach().clone() for t in (p.identity, p.expression, p.jaw, p.eyes, p.rotation, p.translation))
+        )
+        return LandmarkFit(params=p, camera=camera, projected=proj.detach(), error_px=error)
 
     # Levenberg-Marquardt. The normal equations are block-structured: one n x n block per image
     # plus the shared identity, coupled through C_i = Jx_i^T Jz_i; the identity is solved first
