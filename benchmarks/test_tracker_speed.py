@@ -58,7 +58,7 @@ def _head(name: str):
     return AnnyHeadModel(AnnyHeadConfig(mediapipe_landmarks=True))
 
 
-@pytest.mark.benchmark(group="tracking")
+@pytest.mark.benchmark(group="tracker-speed")
 def test_tracking_per_frame(benchmark):
     from gshead.core.components import BuildContext
     from gshead.jobs.tracking import track_video

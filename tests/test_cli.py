@@ -159,7 +159,9 @@ def test_truncated_avatar_gives_one_line_and_no_video(avatar_file, tmp_path, cap
 
 def test_bad_driver_argument(avatar_file, tmp_path, capsys):
     assert main(["reenact", str(avatar_file), "--driver", "wobble", "-o", str(tmp_path / "x.mp4"), "-q"]) == 2
-    assert "expected 'demo', a tracked-sequence .safetensors file, or a video" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "--driver 'wobble': expected 'demo', a tracked-sequence .safetensors file, a video" in line
+    assert "ARKit curves (.csv, .json)" in line and "GAGAvatar_track output (.pkl, .pt)" in line
     assert main(["reenact", str(avatar_file), "--driver", "demo", "--frames", "2", "-o", str(tmp_path / "x.mp4"), "-q"]) == 2
     assert "at least 4 frames" in _error_line(capsys)
     assert not (tmp_path / "x.mp4").exists()

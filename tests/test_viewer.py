@@ -104,6 +104,11 @@ def test_sliders_repose_the_scene_and_save_frames(loaded, tmp_path):
         viewer.close()
 
 
+CHANGED = 1.5
+"""Mean grey-level change that counts as "the view moved": a settled view repeats to < 0.5, and the
+30-degree turn measured 2.4-4 across runs (the head covers part of the clip)."""
+
+
 def _chromium() -> str | None:
     for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
         found = shutil.which(name) or shutil.which(name, path="/usr/lib/chromium")
@@ -129,12 +134,14 @@ def test_browser_screenshot_changes_when_a_slider_moves(loaded, tmp_path):
             page.wait_for_timeout(4000)
             scene = {"x": 0, "y": 120, "width": 300, "height": 360}  # left of the control panel, below notices
             shot1 = page.screenshot(clip=scene)
+            settled = None
             for _ in range(20):  # on a loaded machine the splats stream in late: wait for a settled view
                 page.wait_for_timeout(1000)
                 again = page.screenshot(clip=scene)
-                if np.abs(_pixels(again) - _pixels(shot1)).mean() < 0.5:
-                    break
+                settled = np.abs(_pixels(again) - _pixels(shot1)).mean()
                 shot1 = again
+                if settled < 0.5:
+                    break
             slider = page.locator("[role=slider]").first  # the first slider is head yaw
             slider.focus()
             for _ in range(60):  # 60 steps of 0.5 degrees
@@ -143,14 +150,15 @@ def test_browser_screenshot_changes_when_a_slider_moves(loaded, tmp_path):
             for _ in range(30):  # the update reaches the browser after a re-render: poll up to ~30 s
                 page.wait_for_timeout(1000)
                 b = _pixels(page.screenshot(clip=scene))
-                if np.abs(a - b).mean() > 3.0:
+                if np.abs(a - b).mean() > CHANGED:
                     break
             browser.close()
     finally:
         viewer.close()
     assert math.isclose(viewer.controls.yaw, 30.0)
     assert a.std() > 5.0, "the first screenshot shows no avatar"
-    assert np.abs(a - b).mean() > 3.0, "the 3D view did not change when the yaw slider moved"
+    assert settled is not None and settled < 0.5, f"the first view never settled (mean change {settled})"
+    assert np.abs(a - b).mean() > CHANGED, "the 3D view did not change when the yaw slider moved"
 
 
 def _pixels(png: bytes) -> np.ndarray:

@@ -52,6 +52,9 @@ def _driving_signal(args, loaded):
                 f"{loaded.avatar.provenance.head_model!r}"
             )
         return seq.params, seq.params.select(0)
+    if path.suffix.lower() in GAGAVATAR_TRACK_SUFFIXES:
+        params = _gagavatar_track_signal(path, loaded)
+        return params, params.select(0)
     from gshead.io.arkit import arkit_params, is_curves_file, read_arkit
 
     if is_curves_file(path):
@@ -76,9 +79,36 @@ def _driving_signal(args, loaded):
         seq, _cached, _tracker = track_with_pipeline(path, loaded.config, loaded.head_model, progress=bar)
         return seq.params, seq.params.select(0)
     raise InputError(
-        f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, or a video "
-        "(.mp4, .mov, ...), or ARKit curves (.csv, .json)"
+        f"--driver {driver!r}: expected 'demo', a tracked-sequence .safetensors file, a video "
+        "(.mp4, .mov, ...), ARKit curves (.csv, .json), or GAGAvatar_track output (.pkl, .pt)"
     )
+
+
+GAGAVATAR_TRACK_SUFFIXES = (".pkl", ".pt", ".pth")
+
+
+def _gagavatar_track_signal(path, loaded):
+    """GAGAvatar_track's per-frame results (``optim.pkl``) as head parameters [T] whose head pose,
+    applied to the avatar's fixed source camera, reproduces every frame's official camera
+    (``gshead.io.gagavatar_track.poses_relative_to``). FLAME avatars only."""
+    from gshead.core.errors import InputError
+    from gshead.io.gagavatar_track import poses_relative_to, read_gagavatar_track
+
+    head_model = loaded.avatar.provenance.head_model
+    if head_model != "flame":
+        raise InputError(
+            f"--driver {path}: GAGAvatar_track output holds FLAME codes, but the avatar uses head model "
+            f"{head_model!r} (drive a flame avatar, e.g. one built with configs/gagavatar.yaml)"
+        )
+    seq = read_gagavatar_track(path)
+    expression = len(loaded.head_model.expression_names)
+    if seq.params.expression.shape[1] != expression:
+        raise InputError(
+            f"--driver {path}: the track has {seq.params.expression.shape[1]} FLAME expression codes, the "
+            f"avatar's head model {expression} (set headmodel.expression_dim to "
+            f"{seq.params.expression.shape[1]})"
+        )
+    return poses_relative_to(seq, loaded.avatar.camera, what=f"--driver {path}")
 
 
 def cmd_reenact(args) -> int:
@@ -147,9 +177,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
     p.add_argument(
         "--driver", required=True,
-        help="'demo', a tracked-sequence .safetensors file, a video, or ARKit curves: a Live Link "
-        "Face .csv or an ARKit-named .json ({names, weights, fps} or Audio2Face's export); "
-        "head yaw/pitch/roll in radians, yaw positive towards the subject's left",
+        help="'demo', a tracked-sequence .safetensors file, a video, ARKit curves: a Live Link "
+        "Face .csv or an ARKit-named .json ({names, weights, fps} or Audio2Face's export; "
+        "head yaw/pitch/roll in radians, yaw positive towards the subject's left), or "
+        "GAGAvatar_track output (optim.pkl, flame avatars; the frames' cameras become head "
+        "pose about the avatar's source camera): with --absolute it reproduces the official "
+        "driving exactly, the default relative driving re-bases the motion on the portrait",
     )  # fmt: skip
     p.add_argument(
         "-o", "--output", required=True,

@@ -32,7 +32,14 @@ so a FLAME x 5 point ``x`` at NDC ``(12 X/Z, 12 Y/Z)`` of the pytorch3d camera l
 A non-zero global pose (``posecode[:3]``) is refused: the official code turns only the
 expression Gaussians by it, about FLAME joint 0, which gshead's head-pose-as-camera-motion
 cannot reproduce (``docs/gagavatar.md``). The pickle is read with gshead's restricted unpickler
-(plain NumPy arrays only; nothing in the file runs).
+(plain NumPy arrays only; nothing in the file runs); a ``torch.save`` file of the same dict is read
+with ``torch.load(weights_only=True)``.
+
+Driving: GAGAvatar keeps the head pose in each frame's camera, gshead in ``HeadParams.rotation``
+/ ``translation`` applied as motion of the fixed source camera (``Camera.moved``).
+``poses_relative_to(seq, source_camera)`` turns each frame's camera into that pose,
+``pose = inverse(w2c_source) @ w2c_frame``, so ``source_camera.moved(pose)`` is the frame's camera;
+``track_frame`` picks one frame's parameters and camera (``gshead reconstruct --source-track``).
 """
 
 from __future__ import annotations
@@ -94,10 +101,13 @@ def read_gagavatar_track(
     if isinstance(source, (str, Path)):
         from gshead.io.safe_pickle import loads_restricted
 
-        data_bytes = Path(source).read_bytes()
-        sha = hashlib.sha256(data_bytes).hexdigest()
         name = str(source)
-        records = loads_restricted(data_bytes, name)
+        try:
+            data_bytes = Path(source).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read the GAGAvatar_track file ({exc.strerror or exc})") from None
+        sha = hashlib.sha256(data_bytes).hexdigest()
+        records = _torch_records(data_bytes, name) if data_bytes[:2] == b"PK" else loads_restricted(data_bytes, name)
     else:
         records = source
     if not isinstance(records, dict) or not records:
@@ -145,6 +155,86 @@ def read_gagavatar_track(
     )
 
 
+def _torch_records(data: bytes, name: str) -> Any:
+    """A ``torch.save`` zip file of the per-frame dict, read weights-only (tensors -> arrays)."""
+    import io
+
+    try:
+        records = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{name}: not a readable weights-only torch file ({reason[:200]})") from None
+    if isinstance(records, dict):
+        records = {
+            k: {f: (v.numpy() if isinstance(v, Tensor) else v) for f, v in r.items()} if isinstance(r, dict) else r
+            for k, r in records.items()
+        }
+    return records
+
+
+def _normalised_intrinsics(camera: Camera) -> Tensor:
+    scale = torch.tensor([[1.0 / camera.width], [1.0 / camera.height], [1.0]], dtype=torch.float64)
+    return camera.intrinsics.to(torch.float64) * scale
+
+
+def poses_relative_to(seq: TrackedSequence, source_camera: Camera, what: str = "GAGAvatar_track") -> HeadParams:
+    """``seq.params`` [T] with ``rotation`` / ``translation`` set so that driving with the fixed
+    ``source_camera`` [1] reproduces every frame's camera: ``pose = inverse(w2c_source) @ w2c_frame
+    @ pose_frame`` (``pose_frame``: the sequence's own head pose, 0 for GAGAvatar_track), i.e.
+    ``source_camera.moved(params.pose_matrix())`` equals ``seq.camera.moved(seq.params.pose_matrix())``.
+    The intrinsics (relative to the image size) must match the source camera's: head pose cannot
+    change the focal length or the principal point (``InputError`` otherwise)."""
+    import roma
+
+    if source_camera.batch_size != 1:
+        raise InputError(f"{what}: expected one source camera, got {source_camera.batch_size}")
+    k_src, k_frames = _normalised_intrinsics(source_camera), _normalised_intrinsics(seq.camera)
+    worst = float((k_frames - k_src).abs().max())
+    if worst > 1e-5:
+        i = int((k_frames - k_src).abs().flatten(1).max(1).values.argmax())
+        f_src, f_frame = (float(k[0, 0, 0] if k.shape[0] == 1 else k[i, 0, 0]) for k in (k_src, k_frames))
+        raise InputError(
+            f"{what}: frame {i}'s intrinsics differ from the avatar's source camera (focal {f_frame:.4g} vs "
+            f"{f_src:.4g} image widths, largest difference {worst:.3g}); head pose cannot change them"
+        )
+    w2c_src = source_camera.world_to_camera.to(torch.float64)
+    frames = seq.camera.world_to_camera.to(torch.float64) @ seq.params.pose_matrix().to(torch.float64)
+    pose = torch.linalg.inv(w2c_src) @ frames
+    dtype = seq.params.rotation.dtype
+    return seq.params.replace(
+        rotation=roma.rotmat_to_rotvec(pose[:, :3, :3]).to(dtype), translation=pose[:, :3, 3].to(dtype)
+    )
+
+
+def track_frame(seq: TrackedSequence, frame: str | int | None = None, what: str = "GAGAvatar_track") -> tuple[HeadParams, Camera]:
+    """One frame's ``HeadParams`` [1] and ``Camera`` [1]: ``frame`` is an index (negative counts
+    from the end), a frame key of the tracker's file, or None for the first frame."""
+    n = len(seq)
+    keys: list[str] = []
+    try:
+        keys = [str(k) for k in json.loads(seq.tracker).get("frames", [])]
+    except (ValueError, AttributeError, TypeError):
+        keys = []
+    if frame is None or frame == "":
+        index = 0
+    elif isinstance(frame, str) and frame in keys:
+        index = keys.index(frame)
+    else:
+        try:
+            index = int(frame)
+        except (TypeError, ValueError):
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            raise InputError(f"{what}: no frame {frame!r}; expected an index 0..{n - 1} or a key ({shown})") from None
+        if not -n <= index < n:
+            raise InputError(f"{what}: frame {index} is out of range; the track has {n} frames (0..{n - 1})")
+        index %= n
+    cam = seq.camera
+    camera = Camera(
+        cam.world_to_camera[index : index + 1], cam.intrinsics[index : index + 1], cam.width, cam.height
+    )
+    return seq.params.select(index), camera
+
+
 def to_gagavatar_track(seq: TrackedSequence, prefix: str = "frame") -> dict[str, dict[str, np.ndarray]]:
     """A ``TrackedSequence`` (global pose 0) back to GAGAvatar_track's per-frame dict (no ``bbox``)."""
     if bool((seq.params.rotation.abs() > 1e-6).any()) or bool((seq.params.translation.abs() > 1e-6).any()):
@@ -163,4 +253,11 @@ def to_gagavatar_track(seq: TrackedSequence, prefix: str = "frame") -> dict[str,
     return out
 
 
-__all__ = ["camera_to_official", "official_to_camera", "read_gagavatar_track", "to_gagavatar_track"]
+__all__ = [
+    "camera_to_official",
+    "official_to_camera",
+    "poses_relative_to",
+    "read_gagavatar_track",
+    "to_gagavatar_track",
+    "track_frame",
+]

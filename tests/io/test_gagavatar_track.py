@@ -11,7 +11,14 @@ import torch
 
 from gshead.core.errors import InputError
 from gshead.core.geometry import project_points
-from gshead.io.gagavatar_track import read_gagavatar_track, to_gagavatar_track
+from gshead.core.types import Camera
+from gshead.io.gagavatar_track import (
+    official_to_camera,
+    poses_relative_to,
+    read_gagavatar_track,
+    to_gagavatar_track,
+    track_frame,
+)
 from gshead.io.sequence import load_sequence, save_sequence
 
 
@@ -104,4 +111,77 @@ def test_refusals(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"clip_0": Evil()}))
     with pytest.raises(InputError):
+        read_gagavatar_track(path)
+
+
+# ------------------------------------------------------------------------------- driving poses
+def _source_camera(seed: int = 7, size: int = 512) -> Camera:
+    """A GAGAvatar source camera (the official layout, converted), at ``size`` pixels."""
+    rng = np.random.default_rng(seed)
+    r = _rot(*(rng.uniform(-0.3, 0.3, 3)))
+    t = np.array([0.05, -0.03, 13.5])
+    transform = torch.from_numpy(np.concatenate([r, t[:, None]], 1)).float()[None]
+    return official_to_camera(transform, size)
+
+
+def test_poses_relative_to_reproduce_every_frame_camera():
+    seq = read_gagavatar_track(synthetic_track(6, seed=5))
+    source = _source_camera()
+    params = poses_relative_to(seq, source)
+    for field in ("identity", "expression", "jaw", "eyes"):
+        assert torch.equal(getattr(params, field), getattr(seq.params, field)), field
+    assert params.rotation.abs().max() > 0.05  # the frames' head pose is now in the params
+    moved = source.moved(params.pose_matrix())
+    assert torch.allclose(moved.world_to_camera, seq.camera.world_to_camera, atol=1e-5)
+    assert torch.allclose(moved.intrinsics, seq.camera.intrinsics, atol=1e-5)
+    # the source camera at another size (intrinsics rescaled) gives the same poses
+    small = poses_relative_to(seq, source.resized(64, 64))
+    assert torch.allclose(small.rotation, params.rotation, atol=1e-6)
+    assert torch.allclose(small.translation, params.translation, atol=1e-6)
+    # the frame that was the source has the identity pose
+    same = poses_relative_to(seq, track_frame(seq, 2)[1])
+    assert same.rotation[2].abs().max() < 1e-5 and same.translation[2].abs().max() < 1e-6
+
+
+def test_poses_relative_to_compose_a_sequence_head_pose():
+    seq = read_gagavatar_track(synthetic_track(3, seed=2))
+    posed = seq.params.replace(rotation=torch.tensor([[0.1, -0.2, 0.05]] * 3), translation=torch.full((3, 3), 0.01))
+    seq = seq.replace(params=posed)
+    source = _source_camera(1)
+    params = poses_relative_to(seq, source)
+    expected = seq.camera.moved(posed.pose_matrix()).world_to_camera
+    assert torch.allclose(source.moved(params.pose_matrix()).world_to_camera, expected, atol=1e-5)
+
+
+def test_poses_relative_to_refuses_other_intrinsics():
+    seq = read_gagavatar_track(synthetic_track(2))
+    source = _source_camera()
+    other = Camera(source.world_to_camera, source.intrinsics * torch.tensor([[1.1], [1.1], [1.0]]), 512, 512)
+    with pytest.raises(InputError, match="intrinsics differ") as info:
+        poses_relative_to(seq, other)
+    assert "\n" not in str(info.value)
+
+
+def test_track_frame_by_index_key_and_default():
+    track = synthetic_track(4, seed=9)
+    seq = read_gagavatar_track(track)
+    p0, c0 = track_frame(seq)
+    p2, c2 = track_frame(seq, "clip_2")
+    assert p0.batch_size == c0.batch_size == 1
+    assert torch.equal(p0.expression[0], torch.from_numpy(track["clip_0"]["expcode"]))
+    assert torch.equal(p2.expression, track_frame(seq, "2")[0].expression)
+    assert torch.equal(c2.world_to_camera, track_frame(seq, -2)[1].world_to_camera)
+    for bad in ("7", "nope"):
+        with pytest.raises(InputError, match="frame"):
+            track_frame(seq, bad)
+
+
+def test_torch_saved_track(tmp_path):
+    track = synthetic_track(3, seed=4)
+    path = tmp_path / "optim.pt"
+    torch.save({k: {f: torch.from_numpy(v) for f, v in rec.items()} for k, rec in track.items()}, path)
+    seq = read_gagavatar_track(path)
+    assert torch.equal(seq.camera.world_to_camera, read_gagavatar_track(track).camera.world_to_camera)
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(InputError, match="weights-only torch file"):
         read_gagavatar_track(path)
