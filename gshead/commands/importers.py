@@ -72,22 +72,12 @@ def read_checkpoint(path: Path, with_meta: bool = False):
     path = Path(path)
     if not path.is_file():
         raise AvatarFileError(f"{path}: no such checkpoint file")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad, truncated or foreign files
-        from gshead.core.errors import torch_load_reason
+    from gshead.io.weights import load_weights_only
 
-        reason = torch_load_reason(exc, 200)
-        if reason.startswith("refused"):
-            raise AvatarFileError(f"{path}: checkpoint {reason}") from None
-        raise AvatarFileError(
-            f"{path}: not a readable weights-only torch checkpoint ({reason}); it may be truncated or corrupt"
-        ) from None
+    obj = load_weights_only(
+        path, "checkpoint", AvatarFileError, mmap=True, limit=200,
+        expected="a weights-only torch checkpoint (it may be truncated or corrupt)",
+    )  # fmt: skip
     meta = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = obj.get("meta_cfg")

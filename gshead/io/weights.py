@@ -9,12 +9,13 @@ validated config JSON, as in avatar files) and ``source``. Loaded by ``load_pipe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from gshead.core.components import Kind
-from gshead.core.errors import AvatarFileError, require_finite
+from gshead.core.errors import AvatarFileError, GsheadError, require_finite, torch_load_reason
 from gshead.io.media import read_safetensors
 
 WEIGHTS_FORMAT = "gshead.weights"
@@ -28,6 +29,31 @@ def preview_keys(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def load_weights_only(
+    path: str | Path, what: str, error: type[GsheadError], *, expected: str = "", mmap: bool = False,
+    limit: int = 160,
+) -> Any:
+    """``torch.load(path, weights_only=True)`` (memory-mapped when ``mmap`` and the file allows it):
+    tensors and plain containers only, never code. A file refused by the weights-only unpickler
+    raises ``error`` as ``PATH: WHAT refused: ...``, any other failure ``PATH: not a readable WHAT
+    (reason)``; both end with ``; expected EXPECTED`` when given and never repeat torch's advice
+    to load with ``weights_only=False`` (``gshead.core.errors.torch_load_reason``)."""
+    try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+                if "mmap" not in str(exc):
+                    raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad, truncated or foreign files
+        reason = torch_load_reason(exc, limit)
+        tail = f"; expected {expected}" if expected else ""
+        if reason.startswith("refused"):
+            raise error(f"{path}: {what} {reason}{tail}") from None
+        raise error(f"{path}: not a readable {what} ({reason}){tail}") from None
+
+
 def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, Tensor]:
     """Tensors of a local weights file: ``.safetensors``, or a torch file read with
     ``weights_only=True`` (never an arbitrary pickle). One-line ``AvatarFileError`` naming ``what``
@@ -39,15 +65,7 @@ def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, Ten
     if path.suffix == ".safetensors":
         state, _meta = read_safetensors(path, what, AvatarFileError)
         return state
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
-        from gshead.core.errors import torch_load_reason
-
-        reason = torch_load_reason(exc)
-        if reason.startswith("refused"):
-            raise AvatarFileError(f"{path}: {what} {reason}; expected {expected}") from None
-        raise AvatarFileError(f"{path}: not a readable {what} ({reason}); expected {expected}") from None
+    state = load_weights_only(path, what, AvatarFileError, expected=expected)
     if not isinstance(state, dict):
         raise AvatarFileError(f"{path}: expected a state dict of tensors in this {what}, got {type(state).__name__}")
     return state

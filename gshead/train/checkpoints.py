@@ -199,15 +199,9 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
 def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
     """The training state of a checkpoint, loaded with ``weights_only=True``; one-line
     ``AvatarFileError`` when it is unreadable or not a gshead training state."""
-    try:
-        state = torch.load(checkpoint.state, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        from gshead.core.errors import torch_load_reason
+    from gshead.io.weights import load_weights_only
 
-        reason = torch_load_reason(exc)
-        if reason.startswith("refused"):
-            raise AvatarFileError(f"{checkpoint.state}: training state {reason}") from None
-        raise AvatarFileError(f"{checkpoint.state}: unreadable training state ({reason})") from None
+    state = load_weights_only(checkpoint.state, "training state", AvatarFileError)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise AvatarFileError(
             f"{checkpoint.state}: not a gshead training state (format {STATE_FORMAT!r} expected)"

@@ -90,7 +90,7 @@ def test_keep_last_and_latest(tmp_path, pipeline):
 def test_corrupt_state_is_one_line_error(tmp_path, pipeline):
     saved = ckpt.save_checkpoint(tmp_path, 1, pipeline, {"bad_steps": 0})
     saved.state.write_bytes(b"not a checkpoint")
-    with pytest.raises(AvatarFileError, match="unreadable training state") as err:
+    with pytest.raises(AvatarFileError, match="not a readable training state") as err:
         ckpt.load_state(saved)
     assert "\n" not in str(err.value)
     torch.save({"format": "other"}, saved.state)

@@ -294,20 +294,9 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], source: str, expecte
 
 
 def _torch_load(path: Path) -> Any:
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        from gshead.core.errors import torch_load_reason
+    from gshead.io.weights import load_weights_only
 
-        reason = torch_load_reason(exc)
-        if reason.startswith("refused"):
-            raise AvatarFileError(f"weights {path}: {reason}") from None
-        raise AvatarFileError(f"weights {path}: unreadable as a torch state dict ({reason})") from None
+    return load_weights_only(path, "torch state dict", AvatarFileError, mmap=True)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:

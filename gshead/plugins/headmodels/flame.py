@@ -96,15 +96,9 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def _torch_load(path: Path) -> dict:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for bad files
-        from gshead.core.errors import torch_load_reason
+    from gshead.io.weights import load_weights_only
 
-        reason = torch_load_reason(exc, 200)
-        if reason.startswith("refused"):
-            raise InputError(f"{path}: weights-only torch file {reason}") from None
-        raise InputError(f"{path}: not a readable weights-only torch file ({reason})") from None
+    data = load_weights_only(path, "weights-only torch file", InputError, limit=200)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a dict in the torch file, got {type(data).__name__}")
     return data

@@ -326,7 +326,7 @@ def test_mismatched_architecture_is_one_line(tmp_path):
 def test_unreadable_file_is_one_line(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"not a checkpoint")
-    assert "unreadable" in one_line_error(lambda: dino(weights=str(path)))
+    assert "not a readable torch state dict" in one_line_error(lambda: dino(weights=str(path)))
     fake = tmp_path / "junk.safetensors"
     fake.write_bytes(b"\x00" * 16)
     assert "unreadable safetensors" in one_line_error(lambda: dino(weights=str(fake)))
