@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         export,
         headmodel,
         importers,
+        live,
         plugins,
         reconstruct,
         reenact,
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The order of ``gshead --help``.
     commands = (
-        plugins, config, reconstruct, reenact, headmodel, importers, bench,
+        plugins, config, reconstruct, reenact, live, headmodel, importers, bench,
         track, train, data, ablate, export, eval_, view,
     )  # fmt: skip
     for command in commands:

@@ -46,6 +46,27 @@ Recorded (``reference.safetensors``; a sampled subset of each tensor, with the i
                           the source)
 ========================  ==========================================================
 
+``global_pose.safetensors`` (a few KB; ``--only global-pose`` records just this file) is the
+official *inference* path for one driven frame with a **non-zero FLAME global pose**: the official
+``DriverData`` (``core/data/loader_track.py``, given the frame as a dict, as ``inference.py`` does
+for a tracked image) evaluates ``FLAMEModel`` on the frame's ``posecode`` = [global, jaw], and
+``GAGAvatar.forward_expression`` builds the Gaussians it hands to ``render_gaussian`` (stubbed to
+capture its arguments and stop; nothing is rendered):
+
+========================  ==========================================================
+``pose.<param>``          the frame (``global_pose_frame()``): shape [300] (the source's: the
+                          official ``DriverData`` uses ``f_shape``), exp [100], pose [6] with a
+                          non-zero global part, eyes [6], transform [3, 4] (the frame's camera)
+``pose.g.<attr>``         the expression Gaussians handed to the rasterizer at ``pose.g.index``:
+                          xyz (FLAME x 5; the mesh turned about joint 0), rotations (the
+                          generator's, as at the source), scales
+``pose.l{k}.xyz``         plane layer k's positions in that frame at ``pose.l.index`` (they stay
+                          where the source camera put them)
+``pose.cam``              the ``cam_matrix`` handed to the rasterizer [3, 4] (the frame's own)
+``pose.joint0``           FLAME joint 0 of the frame's shaped mesh (official ``J_regressor[0]``
+                          on ``v_template + shapedirs [shape, exp]``, x 5), for the docs/test
+========================  ==========================================================
+
 The synthetic ``FLAME_with_eye.pt`` (``write_synthetic_flame(path, seed)``: every key the
 official ``FLAMEModel`` reads, FLAME's shapes, random contents, every vertex in some triangle) is
 written to a temporary folder and read by both the official ``FLAMEModel`` and gshead's ``flame``
@@ -74,6 +95,7 @@ VERTICES = 5023
 PERCEP_KEYS = {"percep_loss.vggface.conv_1_1.weight": [64, 3, 3, 3], "percep_loss.net.lin0.weight": [1, 64, 1, 1]}
 # Samples per stage (a few MB in all).
 N_TOKENS, N_DPT, N_GAUSS, N_EXPR, N_UNET = 32, 16384, 1024, 1024, 16384
+N_POSE_EXPR, N_POSE_PLANE = 256, 64  # global_pose.safetensors: a few KB
 FRESH_NOISE_SEED = 1234
 FLAME_FACES, FLAME_JOINTS = 9976, 5
 
@@ -192,6 +214,29 @@ def flame_params(seed: int = SEED) -> dict[str, torch.Tensor]:
     return out
 
 
+def global_pose_frame(seed: int = SEED) -> dict[str, torch.Tensor]:
+    """One driven frame (official layout) with a non-zero FLAME global pose (radians: about
+    22 degrees of yaw, some pitch and roll), the driven expression / jaw / eyes of
+    ``flame_params()``, the source's shape, and a camera of its own."""
+    p = flame_params(seed)
+    glob = torch.tensor([0.12, -0.38, 0.09])
+    return {
+        "pose.shape": p["flame.src.shape"].clone(),
+        "pose.exp": p["flame.drv.exp"].clone(),
+        "pose.pose": torch.cat([glob, p["flame.drv.pose"][3:]]),
+        "pose.eyes": p["flame.drv.eyes"].clone(),
+        "pose.transform": official_transform(-7.0, 4.0),
+    }
+
+
+def global_pose_indices(seed: int = SEED) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 5)
+    return {
+        "pose.g.index": torch.randperm(VERTICES, generator=g)[:N_POSE_EXPR],
+        "pose.l.index": torch.randint(0, PLANE * PLANE, (N_POSE_PLANE,), generator=g),
+    }
+
+
 def sample_indices(seed: int = SEED) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed + 2)
     tokens = torch.cat([torch.tensor([0, 1, 36, 37, 1368]), torch.randperm(1369, generator=g)[: N_TOKENS - 5]])
@@ -235,6 +280,7 @@ def _official_flame(official: Path, flame_file: Path):
     import importlib
 
     flame_module = importlib.import_module("core.libs.flame_model.FLAME")
+    package.FLAMEModel = flame_module.FLAMEModel
     real_load = torch.load
 
     def load(f, *args, **kwargs):
@@ -300,8 +346,11 @@ def _install_stubs(official: Path, dinov2: Path, pytorch3d: Path | None) -> None
             def forward(self, x):
                 return (x - self.mean) / self.std
 
-        def resize(x, size, antialias=True):  # torchvision's tensor resize: bilinear, half-pixel
-            return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+        def resize(x, size, antialias=True):  # torchvision's tensor resize: bilinear, half-pixel, [..., H, W]
+            lead = x.shape[:-3]
+            y = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=tuple(size), mode="bilinear", align_corners=False,
+                              antialias=antialias)
+            return y.reshape(*lead, *y.shape[1:])
 
         tv.transforms.Normalize = Normalize
         tv.transforms.functional.resize = resize
@@ -320,7 +369,9 @@ def _install_stubs(official: Path, dinov2: Path, pytorch3d: Path | None) -> None
 
 
 @torch.no_grad()
-def record(official: Path, dinov2: Path, pytorch3d: Path | None, out_dir: Path) -> dict[str, torch.Tensor]:
+def record(
+    official: Path, dinov2: Path, pytorch3d: Path | None, out_dir: Path, only: str | None = None
+) -> dict[str, torch.Tensor]:
     import os
 
     os.environ.setdefault("XFORMERS_DISABLED", "1")
@@ -335,6 +386,10 @@ def record(official: Path, dinov2: Path, pytorch3d: Path | None, out_dir: Path) 
     missing, unexpected = model.load_state_dict(ckpt, strict=False)
     assert not missing, missing
     assert all(k.startswith("percep_loss.") for k in unexpected), unexpected
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save(record_global_pose(model, official), out_dir / "global_pose.safetensors")
+    if only == "global-pose":
+        return {}
     inputs, idx = fixed_inputs(), sample_indices()
     out: dict[str, torch.Tensor] = dict(idx)
 
@@ -390,15 +445,82 @@ def record(official: Path, dinov2: Path, pytorch3d: Path | None, out_dir: Path) 
         )
         out[f"flame.{name}.vertices"] = verts[0].float()
 
-    out = {k: v.contiguous() for k, v in out.items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _save(out, out_dir / "reference.safetensors")
+    return out
+
+
+def _save(out: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file(out, str(out_dir / "reference.safetensors"), metadata={
+    out.update({k: v.contiguous() for k, v in out.items()})
+    save_file(out, str(path), metadata={
         "source": "xg-chu/GAGAvatar (official modules on CPU, float32)",
         "seed": str(SEED),
         "recorded_by": "scripts/record_gagavatar_reference.py",
     })
+
+
+class _Captured(Exception):
+    """Raised by the stubbed ``render_gaussian`` once it has the Gaussians (nothing is rendered)."""
+
+
+def record_global_pose(model, official: Path) -> dict[str, torch.Tensor]:
+    """The official inference path for a driven frame with a non-zero FLAME global pose (module
+    docstring): ``DriverData`` -> ``forward_expression`` -> the arguments of ``render_gaussian``."""
+    import tempfile
+
+    official_models = sys.modules["core.models.GAGAvatar.models"]  # imported by record()
+
+    inputs, frame, idx = fixed_inputs(), global_pose_frame(), global_pose_indices()
+    with tempfile.TemporaryDirectory() as tmp:
+        flame_file = write_synthetic_flame(Path(tmp) / "FLAME_with_eye.pt")
+        flame = _official_flame(official, flame_file)  # installs core.libs.flame_model (FLAMEModel)
+        lmdb_stub = types.ModuleType("core.libs.utils_lmdb")  # the loader imports it; a dict replaces it
+        lmdb_stub.LMDBEngine = None
+        sys.modules["core.libs.utils_lmdb"] = lmdb_stub
+        loader = _load_file_module("gagavatar_loader_track", official / "core" / "data" / "loader_track.py")
+        feature = {"image": inputs["image"][0], "transform_matrix": inputs["transform"], "shapecode": frame["pose.shape"]}
+        record = {
+            "posecode": frame["pose.pose"], "expcode": frame["pose.exp"], "eyecode": frame["pose.eyes"],
+            "transform_matrix": frame["pose.transform"], "image": torch.zeros(3, 512, 512),
+        }
+        real_load = torch.load
+
+        def load(f, *args, **kwargs):
+            return real_load(flame_file if str(f).endswith("FLAME_with_eye.pt") else f, *args, **kwargs)
+
+        torch.load = load
+        try:
+            data = loader.DriverData({"frame_0": record}, feature, PLANE)
+        finally:
+            torch.load = real_load
+    batch = torch.utils.data.default_collate([data[0]])
+    captured: dict = {}
+
+    def render_gaussian(gs_params, cam_matrix, cam_params):
+        captured.update(gs=gs_params, cam=cam_matrix)
+        raise _Captured
+
+    real_render = official_models.render_gaussian
+    official_models.render_gaussian = render_gaussian
+    try:
+        if hasattr(model, "_gs_params"):
+            del model._gs_params
+        model.forward_expression(batch)
+    except _Captured:
+        pass
+    finally:
+        official_models.render_gaussian = real_render
+    gs, n = captured["gs"], PLANE * PLANE
+    out: dict[str, torch.Tensor] = {**frame, **idx}
+    for name in ("xyz", "rotations", "scales"):
+        out[f"pose.g.{name}"] = gs[name][0, :VERTICES][idx["pose.g.index"]]
+    for k in (0, 1):
+        out[f"pose.l{k}.xyz"] = gs["xyz"][0, VERTICES + k * n :][idx["pose.l.index"]]
+    out["pose.cam"] = captured["cam"][0].float()
+    betas = torch.cat([frame["pose.shape"], frame["pose.exp"]])[None]
+    shaped = flame.v_template[None] + torch.einsum("bl,mkl->bmk", betas, flame.shapedirs)
+    out["pose.joint0"] = (flame.J_regressor[0] @ shaped[0]) * flame.scale
     return out
 
 
@@ -412,12 +534,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official", required=True, type=Path, help="checkout of xg-chu/GAGAvatar")
     p.add_argument("--dinov2", required=True, type=Path, help="checkout of facebookresearch/dinov2")
     p.add_argument("--pytorch3d", type=Path, help="checkout of facebookresearch/pytorch3d (HarmonicEmbedding)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="folder for reference.safetensors")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for the .safetensors files")
+    p.add_argument("--only", choices=("global-pose",), help="record only global_pose.safetensors")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    out = record(args.official, args.dinov2, args.pytorch3d, args.output)
-    size = sum(v.numel() * v.element_size() for v in out.values())
-    print(f"wrote {args.output / 'reference.safetensors'}: {len(out)} tensors, {size / 1e6:.2f} MB", file=sys.stderr)
+    record(args.official, args.dinov2, args.pytorch3d, args.output, only=args.only)
+    for name in ("global_pose.safetensors",) + (() if args.only else ("reference.safetensors",)):
+        size = (args.output / name).stat().st_size
+        print(f"wrote {args.output / name}: {size / 1e6:.3f} MB", file=sys.stderr)
     return 0
 
 

@@ -116,7 +116,7 @@ def test_reenact_from_a_tracked_sequence_file(avatar_file, tmp_path):
     assert probe_video(video).frames == 8
 
 
-def test_reenact_driven_by_a_video(avatar_file, tmp_path):
+def test_reenact_driven_by_a_video_needs_a_tracker_that_fits_motion(avatar_file, tmp_path):
     from gshead.io.media import VideoWriter
     from gshead.testing import sample_image
 
@@ -125,9 +125,10 @@ def test_reenact_driven_by_a_video(avatar_file, tmp_path):
         for i in range(5):
             video.write(sample_image(64, seed=i))
     out = tmp_path / "driven.mp4"
-    assert main(["reenact", str(avatar_file), "--driver", str(clip), "--size", "32", "-o", str(out), "-q"]) == 0
-    info = probe_video(out)
-    assert (info.frames, info.width) == (5, 32)
+    # the avatar's tracker (frontal) fits no motion: refused in one line, nothing written; the
+    # video path with a landmark tracker is tested in tests/commands/test_reenact.py and test_track.py
+    assert main(["reenact", str(avatar_file), "--driver", str(clip), "--size", "32", "-o", str(out), "-q"]) == 2
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,8 @@ TABLE_COVERAGE = {
     "gshead reenact ... [--side-by-side] [--camera orbit] [--orbit-degrees D]": "test_reenact_drivers",
     "gshead reconstruct ... --fit-steps N [--fit-lr LR]": "test_reconstruct_options",
     "gshead export AVATAR -o head.ply [--expression NAME=VALUE ...] [--jaw R] [--pose RX RY RZ] [--sh-degree 3\\|0]": "test_export_options",
+    "gshead eval portraits IMAGE... -o DIR [--weights W] [--fit-steps N]": "tests/eval/test_portraits.py::test_the_command_writes_tables_and_a_contact_sheet",
+    "gshead live AVATAR --video FILE\\|DEVICE [--size S] [--port P] [--log FILE.csv]": "tests/jobs/test_live.py::test_the_command_reports_and_logs_every_shown_frame",
     "gshead view AVATAR [--port P] [--save-dir DIR]": "test_view_serves_http",
     "gshead track VIDEO\\|IMAGE -o SEQ.safetensors [--pipeline YAML] [--smoothing X] [--no-cache]": "test_track_video_and_image",
     "gshead data synth -n N -o DIR [--frames F] [--size S] [--seed S] [--head-model NAME]": "test_readme_commands_run (README block)",

@@ -4,7 +4,8 @@
 - ``runner``: per variant, parameters, reconstruction time, contract check and driving FPS, saved
   as resumable per-variant JSON; local parallel workers (spawn);
 - ``report``: CSV and markdown tables, PNG plots;
-- ``ray_runner``: the same per-variant task on a Ray cluster (optional, needs ``ray``).
+- ``ray_runner``: ``gshead ablate --ray``: the same per-variant task as Ray tasks, on a local Ray
+  or a cluster (optional: the ``ray`` extra).
 
 Nothing heavy is imported here: import the submodules.
 """

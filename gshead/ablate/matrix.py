@@ -8,6 +8,7 @@ A matrix YAML (``configs/ablations/*.yaml``)::
       refiner: [{name: identity}, {name: light-unet, widths: [8, 16]}]
     mode: product                    # every combination; or `list` with `variants:`
     measure: {frames: 20, warmup: 3, render_sizes: [128, 256], repeats: 3}
+    resources: {cpus: 4, gpus: 0}    # per variant on a Ray cluster (``gshead ablate --ray``)
 
 Axis paths: a pipeline setting (``render_size``), a whole slot (``refiner``) or a slot field
 (``encoder.variant``). Applying a value:
@@ -88,6 +89,19 @@ class TrainSettings(BaseModel):
     """Training config YAML, relative to the matrix file (passed to the trainer as a path)."""
 
 
+class ResourceSettings(BaseModel):
+    """What one variant asks a Ray cluster for (``gshead ablate --ray``; local workers ignore it).
+    ``--cpus-per-variant`` and ``--gpus-per-variant`` override these values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    cpus: float = Field(1, gt=0, le=1024)
+    """CPU cores reserved per variant task; also its torch threads (rounded down, at least 1)
+    unless ``measure.threads`` is set."""
+    gpus: float = Field(0, ge=0, le=64)
+    """GPUs reserved per variant task (fractions share a GPU; 0: none)."""
+
+
 class AblationMatrix(BaseModel):
     """A matrix YAML as written (paths still relative); ``load_matrix`` expands it into variants."""
 
@@ -105,6 +119,8 @@ class AblationMatrix(BaseModel):
     """What to measure per variant."""
     train: TrainSettings | None = None
     """Optional short training run per variant (see ``gshead.ablate.runner.train_variant``)."""
+    resources: ResourceSettings = ResourceSettings()
+    """Per-variant resources of a Ray run (``--ray``); not part of a variant's digest."""
 
 
 @dataclass(frozen=True)
@@ -362,6 +378,7 @@ __all__ = [
     "AblationMatrix",
     "LoadedMatrix",
     "MeasureSettings",
+    "ResourceSettings",
     "TrainSettings",
     "Variant",
     "apply_axis",

@@ -14,6 +14,12 @@ again. A failing variant records its one-line error in its JSON and its tracebac
 
 Workers: ``workers > 1`` runs variants in a ``ProcessPoolExecutor`` with the *spawn* start method
 (numba's OpenMP layer is not fork-safe), each worker using ``cores // workers`` torch threads.
+``run_matrix(..., execute=...)`` hands the tasks to another executor instead (``ray_runner``: one
+Ray task per variant); resuming, failure rows and the report stay the same.
+
+Training variants train in ``OUT/variants/<id>.train/`` (checkpoints under ``checkpoints/``). A
+variant killed while training resumes from its latest checkpoint the next time it runs (a rerun,
+or a Ray retry); ``--force`` or a changed variant digest starts its training from scratch.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class VariantTask:
     train_config: str | None  # resolved training config path
     out_dir: str  # OUT (results go to OUT/variants)
     threads: int | None  # torch threads for this variant (None: leave as set)
+    restart_training: bool = False  # True (--force): drop earlier checkpoints instead of resuming
 
 
 @dataclass
@@ -123,11 +130,59 @@ def build_pipeline(config: dict[str, Any], registry=None):
     return Pipeline(validate_pipeline(config, registry, source="variant"), registry)
 
 
-def train_variant(pipeline, steps: int, config: str | None, out_dir: Path) -> dict[str, float]:
+TRAIN_MARKER = "variant-digest.txt"
+"""File in a variant's training folder naming the variant digest its checkpoints belong to."""
+TRAIN_METRICS = "train-metrics.json"
+"""File in a variant's training folder with the metrics of its finished training run."""
+
+
+def _accepts(function: Callable, name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _stock_training_resuming(pipeline, config: str | None, steps: int, out_dir: Path) -> dict[str, float]:
+    """``gshead.train.run_training`` with ``Trainer.fit(resume=True)``: continue from the latest
+    checkpoint in ``out_dir``, and the saved metrics of a variant whose training had finished."""
+    from gshead.train.config import TrainConfig, load_train_config
+    from gshead.train.trainer import Trainer
+
+    settings = load_train_config(config, {"steps": steps}) if config is not None else TrainConfig(steps=steps)
+    result = Trainer(settings, out_dir, pipeline=pipeline, quiet=True).fit(resume=True, steps=steps)
+    for module in pipeline.trainable_modules().values():
+        module.eval()
+    saved = out_dir / TRAIN_METRICS
+    if result.interrupted:
+        raise KeyboardInterrupt  # Ctrl-C: the checkpoint is saved; measuring a half-trained variant is not wanted
+    if result.step == result.start_step and saved.is_file():  # finished before (killed while measuring)
+        return {str(k): float(v) for k, v in json.loads(saved.read_text(encoding="utf-8")).items()}
+    done = [r.loss for r in result.history if not r.skipped][-10:]
+    metrics = {
+        "train_loss": sum(done) / len(done) if done else float("nan"),
+        "bad_steps": float(result.bad_steps),
+    }
+    _write_text(saved, json.dumps(metrics) + "\n")
+    return metrics
+
+
+def train_variant(
+    pipeline, steps: int, config: str | None, out_dir: Path, resume: bool = True
+) -> dict[str, float]:
     """The training hook: ``gshead.train.run_training(pipeline, config=PATH|None, steps=N,
     out_dir=DIR) -> {metric: value}`` trains ``pipeline``'s modules in place and returns quality
     metrics (higher-is-better or not, as named, e.g. ``psnr``, ``lpips``) that become ``quality.*``
-    columns. Without that function the variant fails with a ConfigError saying so."""
+    columns. Without that function the variant fails with a ConfigError saying so.
+
+    ``resume``: continue from the latest checkpoint in ``out_dir`` (a killed variant picks up where
+    it stopped): gshead's own trainer is driven with ``Trainer.fit(resume=True)`` (which also keeps
+    the metrics of a run that had finished), another hook gets ``resume=True`` when it takes it, and
+    trains from the start otherwise."""
     import importlib
 
     try:
@@ -146,7 +201,12 @@ def train_variant(pipeline, steps: int, config: str | None, out_dir: Path) -> di
             "expected that hook, or remove 'train:' from the matrix"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir) or {}
+    if resume and getattr(run, "__module__", None) == "gshead.train" and hasattr(train_module, "__path__"):
+        metrics = _stock_training_resuming(pipeline, config, steps, out_dir)  # keeps a finished run's metrics
+    elif resume and _accepts(run, "resume"):
+        metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir, resume=True) or {}
+    else:
+        metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir) or {}
     return {str(k): float(v) for k, v in dict(metrics).items()}
 
 
@@ -207,6 +267,30 @@ def _time_driving(session, motion, warmup: int, frames: int) -> list[float]:
     return times
 
 
+def train_dir_of(out_dir: str | Path, variant_id: str) -> Path:
+    """The folder a training variant trains in (its checkpoints are under ``checkpoints/``)."""
+    return variants_dir(out_dir) / f"{variant_id}.train"
+
+
+def prepare_train_dir(task: VariantTask) -> Path:
+    """The variant's training folder, kept for resuming when its checkpoints belong to this exact
+    variant (same digest) and ``task.restart_training`` is False; emptied otherwise."""
+    import shutil
+
+    folder = train_dir_of(task.out_dir, task.id)
+    marker = folder / TRAIN_MARKER
+    try:
+        same = marker.read_text(encoding="utf-8").strip() == task.digest
+    except OSError:
+        same = False
+    if folder.exists() and (task.restart_training or not same):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        _write_text(marker, task.digest + "\n")
+    return folder
+
+
 def measure_variant(task: VariantTask) -> dict[str, Any]:
     """Build, train (optionally), reconstruct, check and time one variant; the result fields."""
     import torch
@@ -222,7 +306,7 @@ def measure_variant(task: VariantTask) -> dict[str, Any]:
     out["parameters"] = parameter_counts(pipeline)
     quality: dict[str, float] = {}
     if task.train is not None:
-        train_dir = variants_dir(task.out_dir) / f"{task.id}.train"
+        train_dir = prepare_train_dir(task)
         quality.update(train_variant(pipeline, int(task.train["steps"]), task.train_config, train_dir))
     with torch.no_grad():
         image = pipeline.prepare_image(read_image(task.image))
@@ -308,11 +392,18 @@ def default_threads(workers: int) -> int:
 
 
 def make_tasks(
-    loaded: LoadedMatrix, variants: Iterable[Variant], out_dir: str | Path, workers: int
+    loaded: LoadedMatrix,
+    variants: Iterable[Variant],
+    out_dir: str | Path,
+    workers: int,
+    threads: int | None = None,
+    restart_training: bool = False,
 ) -> list[VariantTask]:
+    """One task per variant. torch threads: ``measure.threads``, else ``threads``, else
+    ``cores // workers``."""
     m = loaded.matrix
     measure = m.measure.model_dump(mode="json")
-    threads = m.measure.threads or default_threads(workers)
+    threads = m.measure.threads or threads or default_threads(workers)
     train = m.train.model_dump(mode="json") if m.train else None
     train_config = loaded.resolve(m.train.config) if m.train and m.train.config else None
     return [
@@ -327,9 +418,30 @@ def make_tasks(
             train_config=train_config,
             out_dir=str(out_dir),
             threads=threads,
+            restart_training=restart_training,
         )
         for v in variants
     ]
+
+
+def failure_result(task: VariantTask, error: str) -> dict[str, Any]:
+    """Record a variant whose worker died (no result of its own): a failed JSON with ``error``."""
+    result = {
+        "version": RESULT_VERSION,
+        "id": task.id,
+        "axes": task.axes,
+        "digest": task.digest,
+        "config": task.config,
+        "status": "failed",
+        "error": error,
+    }
+    _write_text(result_path(task.out_dir, task.id), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+Executor = Callable[[list[VariantTask], Callable[[dict[str, Any]], None]], None]
+"""Runs tasks and calls ``done(result)`` for each as it finishes (``run_variant``'s result, or a
+``failure_result`` when the task's worker died)."""
 
 
 def _execute(tasks: list[VariantTask], workers: int, done: Callable[[dict[str, Any]], None]) -> None:
@@ -349,19 +461,7 @@ def _execute(tasks: list[VariantTask], workers: int, done: Callable[[dict[str, A
             try:
                 done(future.result())
             except Exception as exc:  # noqa: BLE001 - the worker died (out of memory, native crash)
-                result = {
-                    "version": RESULT_VERSION,
-                    "id": task.id,
-                    "axes": task.axes,
-                    "digest": task.digest,
-                    "config": task.config,
-                    "status": "failed",
-                    "error": f"worker process failed: {one_line(exc)}",
-                }
-                _write_text(
-                    result_path(task.out_dir, task.id), json.dumps(result, indent=2, sort_keys=True) + "\n"
-                )
-                done(result)
+                done(failure_result(task, f"worker process failed: {one_line(exc)}"))
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
@@ -377,9 +477,14 @@ def run_matrix(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_skip: Callable[[str], None] | None = None,
     plots: bool = True,
+    execute: Executor | None = None,
+    threads: int | None = None,
 ) -> RunSummary:
     """Run the matrix's variants (those in ``only``, default all) into ``out_dir``; skip finished
-    ones unless ``force``; write the report tables and plots over every variant with a result."""
+    ones unless ``force``; write the report tables and plots over every variant with a result.
+
+    ``execute``: run the tasks elsewhere (default: ``workers`` local processes); ``threads``: torch
+    threads per variant when ``measure.threads`` is not set (default ``cores // workers``)."""
     from gshead.ablate.report import write_report
 
     if workers < 1:
@@ -404,7 +509,11 @@ def run_matrix(
         if on_result:
             on_result(result)
 
-    _execute(make_tasks(loaded, todo, out_dir, workers), workers, done)
+    tasks = make_tasks(loaded, todo, out_dir, workers, threads=threads, restart_training=force)
+    if execute is None:
+        _execute(tasks, workers, done)
+    elif tasks:
+        execute(tasks, done)
     summary.ran.sort(key=[v.id for v in selected].index)
     summary.failed.sort(key=[v.id for v in selected].index)
     for v in loaded.variants:
@@ -420,6 +529,7 @@ __all__ = [
     "VariantTask",
     "build_pipeline",
     "default_threads",
+    "failure_result",
     "is_finished",
     "make_tasks",
     "measure_variant",
@@ -428,5 +538,6 @@ __all__ = [
     "result_path",
     "run_matrix",
     "run_variant",
+    "train_dir_of",
     "train_variant",
 ]

@@ -48,6 +48,15 @@ def head_centre(loaded: LoadedAvatar) -> Tensor:
     return 0.5 * (template.min(0).values + template.max(0).values)
 
 
+def orbit_pivot(loaded: LoadedAvatar) -> Tensor:
+    """Where the orbit turns [3]: the head's centre placed by the avatar's source pose (a tracked
+    portrait's head is rarely at the origin; turning about the bare template's centre swung it
+    out of the frame)."""
+    centre = head_centre(loaded)
+    pose = loaded.avatar.source.pose_matrix()[0].to("cpu", centre.dtype)
+    return pose[:3, :3] @ centre.to("cpu") + pose[:3, 3]
+
+
 def orbit_cameras(camera: Camera, frames: int, degrees: float, pivot: Tensor) -> Camera:
     """``camera`` [1] swung about the vertical (+y) axis through ``pivot`` [3]: [frames] cameras
     with yaw ``degrees * sin(2 pi t / frames)`` (frame 0 is ``camera`` itself)."""
@@ -59,7 +68,7 @@ def orbit_cameras(camera: Camera, frames: int, degrees: float, pivot: Tensor) ->
     rot = torch.zeros(frames, 4, 4, dtype=torch.float64)
     rot[:, 0, 0], rot[:, 0, 2], rot[:, 2, 0], rot[:, 2, 2] = c, s, -s, c
     rot[:, 1, 1] = rot[:, 3, 3] = 1.0
-    p = pivot.to(torch.float64)
+    p = pivot.to("cpu", torch.float64)  # the path is built on the CPU, then moved to the camera's device
     rot[:, :3, 3] = p - rot[:, :3, :3] @ p  # rotate about the pivot: T(p) R T(-p)
     dtype = camera.world_to_camera.dtype
     return camera.expand(frames).moved(rot.to(dtype=dtype, device=camera.world_to_camera.device))
@@ -88,16 +97,17 @@ def mesh_gaussians(head_model, params: HeadParams) -> Gaussians:
     b, v = vertices.shape[:2]
     edges = (head_model.template[faces[:, 0]] - head_model.template[faces[:, 1]]).norm(dim=-1)
     sigma = 0.6 * float(edges.mean())
-    light = F.normalize(torch.tensor(LIGHT, dtype=vertices.dtype), dim=0)
+    like = {"dtype": vertices.dtype, "device": vertices.device}
+    light = F.normalize(torch.tensor(LIGHT, **like), dim=0)
     shade = 0.22 + 0.78 * (_vertex_normals(vertices, faces) @ light).abs()  # [B, V], two-sided
-    colour = shade[..., None] * torch.tensor(SKIN, dtype=vertices.dtype)  # [B, V, 3]
-    quats = torch.zeros(b, v, 4, dtype=vertices.dtype)
+    colour = shade[..., None] * torch.tensor(SKIN, **like)  # [B, V, 3]
+    quats = torch.zeros(b, v, 4, **like)
     quats[..., 0] = 1.0
     return Gaussians(
         means=vertices,
         quats=quats,
-        scales=torch.full((b, v, 3), sigma, dtype=vertices.dtype),
-        opacities=torch.full((b, v), 0.95, dtype=vertices.dtype),
+        scales=torch.full((b, v, 3), sigma, **like),
+        opacities=torch.full((b, v), 0.95, **like),
         features=colour,
     )
 
@@ -150,7 +160,7 @@ class DriverPanels:
         params = params.replace(identity=avatar.source.identity.expand(b, -1))
         mesh = mesh_gaussians(self.loaded.head_model, params)
         view = camera.expand(b).moved(params.pose_matrix())
-        background = torch.tensor(BACKDROP, dtype=mesh.means.dtype)
+        background = torch.tensor(BACKDROP, dtype=mesh.means.dtype, device=mesh.means.device)
         render = self.loaded.rasterizer(mesh, view, background)
         return render.features[:, :3].clamp(0.0, 1.0)
 

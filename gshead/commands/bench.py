@@ -107,12 +107,13 @@ def _reconstruct(config, slot: dict, registry, frames: int):
     session (which holds no encoder: the pipeline is dropped here), the frames and the result row."""
     from gshead.core.config import validate_pipeline
     from gshead.core.pipeline import Pipeline
-    from gshead.testing import sample_image
+    from gshead.io.media import read_image
 
     data = config.model_dump(mode="json")
     data["encoder"] = {k: v for k, v in slot.items() if k != "_parameters"}
     pipe = Pipeline(validate_pipeline(data, registry, source="bench"), registry)
-    image = sample_image(pipe.config.source_size)
+    # a real face (the built-in portrait, cropped by the pipeline's tracker): landmark trackers need one
+    image = pipe.prepare_image(read_image("example:astronaut"))
     start = clock()
     avatar = pipe.reconstruct(image)
     reconstruct_s = clock() - start

@@ -1,24 +1,33 @@
-"""``gshead export``: an avatar at a chosen expression and pose, as a 3DGS ``.ply`` or ``.splat``.
+"""``gshead export``: an avatar at a chosen expression and pose, as a 3DGS ``.ply``, a ``.splat``
+or a Niantic ``.spz`` (the format is chosen by the output's extension).
 
-    gshead export AVATAR -o head.ply|head.splat [--up -y|y] [--scale S]
+    gshead export AVATAR -o head.ply|head.splat|head.spz [--up -y|y] [--scale S]
                   [--expression NAME=VALUE ...] [--jaw R] [--eyes 6 values]
                   [--pose RX RY RZ] [--translation TX TY TZ] [--sh-degree 3|0]
+                  [--spz-version 3|4] [--device cpu|cuda|auto]
 
 The avatar's driver poses its rig for the head parameters (the avatar's own identity, neutral
 unless told otherwise); the static and the posed Gaussians are written together. Driving applies
 the head pose as camera motion; a file has no camera, so here the pose moves the Gaussians
 themselves (means rotated and translated, rotations composed; see ``gshead.jobs.posing``).
 
-Orientation (``--up``): by default the file is in the original 3DGS tools' convention, the OpenCV
-camera frame (x right, y down, z forward) that SuperSplat and gsplat.js assume: the head is upright
-there, its face towards -z. ``--up y`` writes gshead's own y-up world (face towards +z) for y-up
-viewers. ``--scale`` multiplies positions and sizes: gshead's units are metres (a head is about
+Orientation (``--up``): by default a ``.ply`` or ``.splat`` is in the original 3DGS tools'
+convention, the OpenCV camera frame (x right, y down, z forward) that SuperSplat and gsplat.js
+assume: the head is upright there, its face towards -z. ``--up y`` writes gshead's own y-up world
+(face towards +z) for y-up viewers. A ``.spz`` defaults to ``--up y``: the SPZ format stores RUB
+(x right, y up, z back), which is gshead's y-up world, and its loaders convert from that
+(``gshead.io.spz``); ``--up=-y`` writes the OpenCV frame unconverted, for viewers that read a .spz
+like a .ply. ``--scale`` multiplies positions and sizes: gshead's units are metres (a head is about
 0.25 m), so ``--scale 10`` suits viewers whose default camera expects scenes about a unit across.
 
 Beside the output, ``NAME.camera.json`` holds the camera gshead renders these parameters from (the
 avatar's source camera) in the same convention and scale: position, target, up, field of view,
 image size, intrinsics and the 4x4 world-to-camera matrix (``gshead.jobs.posing.export_camera``),
-so a viewer can open at the portrait's view. File layouts: ``gshead.io.ply``, ``gshead.io.splat``.
+so a viewer can open at the portrait's view. File layouts: ``gshead.io.ply``, ``gshead.io.splat``,
+``gshead.io.spz`` (version 3 by default, read by every SPZ loader; ``--spz-version 4``, the
+reference library's newer zstd layout, needs the ``zstandard`` package).
+
+``--device`` (cpu, the default; cuda; auto) is where the driver poses the Gaussians.
 """
 
 from __future__ import annotations
@@ -38,6 +47,13 @@ if TYPE_CHECKING:
 
 
 TRANSLATION_LIMIT = 1000.0  # |--translation| in model units
+FORMATS = (".ply", ".splat", ".spz")
+
+
+def default_up(output: str) -> str:
+    """The ``--up`` a format gets when none is given: ``y`` (RUB, the SPZ convention) for .spz,
+    ``-y`` (OpenCV, the 3DGS tools' convention) for .ply and .splat."""
+    return "y" if output.lower().endswith(".spz") else "-y"
 
 
 def export_params(
@@ -78,29 +94,50 @@ def export(
     pose_degrees: list[float] | None = None,
     translation: list[float] | None = None,
     sh_degree: int = 3,
-    up: str = "-y",
+    up: str | None = None,
     scale: float = 1.0,
+    spz_version: int | None = None,
+    device: str = "cpu",
 ) -> int:
-    """Load ``avatar_path``, pose it, write ``output`` (.ply or .splat) and its ``.camera.json``
-    atomically; returns the Gaussian count."""
+    """Load ``avatar_path``, pose it, write ``output`` (.ply, .splat or .spz) and its
+    ``.camera.json`` atomically; returns the Gaussian count. ``up`` None: ``default_up(output)``."""
     import json
 
+    from gshead.commands._device import loaded_to, resolve_device
     from gshead.commands._views import head_centre
     from gshead.io.avatar import load_avatar
     from gshead.io.media import atomic_output, check_output
     from gshead.jobs.posing import check_scale, export_camera, frame_matrix, to_export_frame
 
-    check_output(output, accepts=(".ply", ".splat"), inputs=(avatar_path,), what="a .ply or .splat file")
+    check_output(output, accepts=FORMATS, inputs=(avatar_path,), what="a .ply, .splat or .spz file")
+    is_spz = output.lower().endswith(".spz")
+    if spz_version is not None and not is_spz:
+        raise InputError(f"--spz-version {spz_version}: applies to a .spz output only, got {output}")
+    if is_spz:
+        from gshead.io.spz import DEFAULT_VERSION, VERSIONS, zstandard_module
+
+        spz_version = DEFAULT_VERSION if spz_version is None else spz_version
+        if spz_version not in VERSIONS:
+            raise InputError(f"--spz-version {spz_version}: expected one of {', '.join(map(str, VERSIONS))}")
+        if spz_version == 4:
+            zstandard_module()  # name a missing package before the (slow) load
+    up = default_up(output) if up is None else up
     frame_matrix(up), check_scale(scale)  # refuse a bad --up or --scale before the (slow) load
+    where = resolve_device(device)
     camera_path = camera_json_path(output)
     check_output(camera_path, accepts=(".json",), inputs=(avatar_path,), what="the camera JSON")
-    loaded = load_avatar(avatar_path)
-    params = export_params(loaded, expression, jaw, eyes, pose_degrees, translation)
-    gaussians = to_export_frame(export_gaussians(loaded, params), up, scale)
-    centre = head_centre(loaded).to(params.rotation.dtype)  # the head's centre, posed like the head
+    loaded = loaded_to(load_avatar(avatar_path), where)
+    params = export_params(loaded, expression, jaw, eyes, pose_degrees, translation).to("cpu")
+    gaussians = export_gaussians(loaded, params.to(where)).to("cpu")
+    gaussians = to_export_frame(gaussians, up, scale)
+    centre = head_centre(loaded).to("cpu", params.rotation.dtype)  # the head's centre, posed like the head
     centre = params.pose_matrix()[0, :3, :3] @ centre + params.translation[0]
-    camera = export_camera(loaded.avatar.camera, centre, up, scale)
-    if output.lower().endswith(".splat"):
+    camera = export_camera(loaded.avatar.camera.to("cpu"), centre, up, scale)
+    if is_spz:
+        from gshead.io.spz import write_spz
+
+        write_spz(output, gaussians, version=spz_version)
+    elif output.lower().endswith(".splat"):
         from gshead.io.splat import write_splat
 
         write_splat(output, gaussians)
@@ -135,9 +172,21 @@ def cmd_export(args) -> int:
         sh_degree=args.sh_degree,
         up=args.up,
         scale=args.scale,
+        spz_version=args.spz_version,
+        device=args.device,
     )
-    sh = f", SH degree {args.sh_degree}" if args.output.lower().endswith(".ply") else ""
-    frame = "y down (OpenCV / 3DGS)" if args.up == "-y" else "y up"
+    output = args.output.lower()
+    sh = f", SH degree {args.sh_degree}" if output.endswith(".ply") else ""
+    if output.endswith(".spz"):
+        from gshead.io.spz import DEFAULT_VERSION
+
+        sh = f", SPZ version {args.spz_version or DEFAULT_VERSION}"
+    up = default_up(args.output) if args.up is None else args.up
+    frame = (
+        "y down (OpenCV / 3DGS)"
+        if up == "-y"
+        else ("y up (RUB, the SPZ convention)" if sh.startswith(", SPZ") else "y up")
+    )
     print(
         f"wrote {args.output}: {count} Gaussians ({frame}, scale {args.scale:g}{sh}) "
         f"and {camera_json_path(args.output)}",
@@ -148,22 +197,25 @@ def cmd_export(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``export`` to the ``gshead`` subcommands."""
+    from gshead.commands._device import add_device_argument
     from gshead.jobs.posing import UP_CONVENTIONS
 
     p = subparsers.add_parser(
         "export",
-        help="write an avatar at a chosen expression as a 3DGS .ply or a .splat (upright in viewers)",
+        help="write an avatar at a chosen expression as a 3DGS .ply, a .splat or a .spz (upright in viewers)",
     )
     p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
     p.add_argument(
         "-o", "--output", required=True,
-        help="file to write: .ply (standard 3DGS) or .splat (antimatter15, 32 bytes a Gaussian); "
-        "NAME.camera.json is written beside it",
+        help="file to write, the format chosen by the extension: .ply (standard 3DGS), .splat "
+        "(antimatter15, 32 bytes a Gaussian) or .spz (Niantic, compressed, about 10x smaller than "
+        ".ply); NAME.camera.json is written beside it",
     )  # fmt: skip
     p.add_argument(
-        "--up", choices=UP_CONVENTIONS, default="-y",
-        help="-y (default): the original 3DGS / OpenCV convention, x right, y down, z forward, face "
-        "towards -z (SuperSplat, gsplat.js); y: y up, face towards +z (y-up viewers). Write --up=-y",
+        "--up", choices=UP_CONVENTIONS, default=None,
+        help="-y (default for .ply/.splat): the original 3DGS / OpenCV convention, x right, y down, "
+        "z forward, face towards -z (SuperSplat, gsplat.js); y (default for .spz, whose format "
+        "stores RUB): y up, face towards +z (y-up viewers). Write --up=-y",
     )  # fmt: skip
     p.add_argument(
         "--scale", type=float, default=1.0,
@@ -201,7 +253,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--sh-degree", type=int, choices=(0, 3), default=3,
-        help="3 (default): 45 zero f_rest values, opened by every viewer incl. the original "
-        "3DGS/SIBR; 0: no f_rest, smaller, for web viewers",
+        help=".ply only. 3 (default): 45 zero f_rest values, opened by every viewer incl. the "
+        "original 3DGS/SIBR; 0: no f_rest, smaller, for web viewers",
     )  # fmt: skip
+    p.add_argument(
+        "--spz-version", type=int, choices=(3, 4), default=None,
+        help=".spz only. 3 (default): gzip, read by every SPZ loader; 4: the reference library's "
+        "newer zstd layout (needs the zstandard package)",
+    )  # fmt: skip
+    add_device_argument(p)
     p.set_defaults(func=cmd_export)

@@ -2,11 +2,13 @@
 
     gshead reenact AVATAR --driver demo|SEQ.safetensors|VIDEO|CURVES.csv|CURVES.json -o OUT.mp4|OUT.png
                    [--side-by-side] [--camera fixed|orbit] [--orbit-degrees D] [--frames N]
-                   [--fps F] [--size S] [--batch B] [-q]
+                   [--fps F] [--size S] [--batch B] [--device cpu|cuda|auto] [-q]
 
 The driving head parameters come from the demo motion (``gshead.io.motion``), a tracked-sequence
 file, ARKit curves (``gshead.io.arkit``), or a video tracked on the fly (``gshead.jobs.tracking``, cached, the same path as
-``gshead track``). Camera paths, side-by-side panels and PNG grids are in ``_views``.
+``gshead track``). Camera paths, side-by-side panels and PNG grids are in ``_views``. ``--device``
+(cpu, the default; cuda; auto) is where the avatar is driven and rendered (``_device``); tracking a
+driving video runs as ``gshead track`` does.
 """
 
 from __future__ import annotations
@@ -136,16 +138,20 @@ def cmd_reenact(args) -> int:
         what="a video (or a .png frame grid)",
     )
     grid = Path(args.output).suffix.lower() == ".png"
+    from gshead.commands._device import loaded_to, resolve_device
+
+    device = resolve_device(args.device)
 
     torch.set_grad_enabled(False)
     loaded = load_avatar(args.avatar)
-    params = _driving_params(args, loaded)
+    params = _driving_params(args, loaded).to(device)  # driving signals are read on the CPU
+    loaded = loaded_to(loaded, device)
     session = loaded.session(render_size=args.size)
     cam = session.camera
     n = params.batch_size
     cameras = None  # None: the source camera for every frame
     if args.camera == "orbit":
-        cameras = views.orbit_cameras(cam, n, args.orbit_degrees, views.head_centre(loaded))
+        cameras = views.orbit_cameras(cam, n, args.orbit_degrees, views.orbit_pivot(loaded))
     panels = views.DriverPanels(loaded, args.driver) if args.side_by_side else None
     width = cam.width * (2 if panels is not None else 1)
     if grid:
@@ -160,7 +166,7 @@ def cmd_reenact(args) -> int:
                 view = cam.expand(chunk.batch_size) if cameras is None else views.camera_slice(cameras, index)
                 frames = session.render(chunk, camera=view)
                 if panels is not None:
-                    frames = torch.cat([panels.render(chunk, view), frames], dim=-1)  # driver | result
+                    frames = torch.cat([panels.render(chunk, view).to(frames), frames], dim=-1)  # driver | result
                 out.write(frames)
                 bar.update(chunk.batch_size)
     if grid:
@@ -213,6 +219,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the pipeline's)")
     p.add_argument("--batch", type=int, default=4, help="frames rendered per step (default 4)")
+    from gshead.commands._device import add_device_argument
+
+    add_device_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reenact)
 

@@ -1,4 +1,6 @@
-"""``gshead view AVATAR``: serve the avatar in a local web viewer (see ``gshead.viewer``)."""
+"""``gshead view AVATAR``: serve the avatar in a local web viewer (see ``gshead.viewer``).
+
+``--device`` (cpu, the default; cuda; auto) is where the avatar is driven and rendered."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ def cmd_view(args) -> int:
         raise InputError(reason)
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: expected a TCP port between 1 and 65535")
-    loaded = load_avatar(args.avatar)
+    from gshead.commands._device import loaded_to, resolve_device
+
+    device = resolve_device(args.device)
+    loaded = loaded_to(load_avatar(args.avatar), device)
     viewer = AvatarViewer(loaded, host=args.host, port=args.port, save_dir=args.save_dir, render_size=args.size)
     print(f"gshead view: open {viewer.url} in a browser (Ctrl-C to stop); frames are saved to {args.save_dir}", file=sys.stderr)
     try:
@@ -36,4 +41,7 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--save-dir", default=".", help="where 'Save frame' writes PNGs (default: current folder)")
     p.add_argument("--size", type=int, default=None, help="side of saved frames in pixels (default: the pipeline's)")
+    from gshead.commands._device import add_device_argument
+
+    add_device_argument(p)
     p.set_defaults(func=cmd_view)

@@ -27,6 +27,7 @@ from gshead.core.types import (
     Gaussians,
     HeadMesh,
     HeadParams,
+    Located,
     Render,
     Rig,
     Tracked,
@@ -104,6 +105,9 @@ class TrackerConfig(ComponentConfig):
     """
 
     kind: ClassVar[Kind] = "tracker"
+    fits_motion: ClassVar[bool] = True
+    """Whether the tracker measures expression and pose (False for ``frontal``, which gives every
+    frame the neutral face): tracking a video with one that does not is refused."""
     face_scale: float = Field(2.2, gt=1.0, le=6.0)
     """Side of the square crop as a multiple of the detected face box's side."""
     face_offset: float = Field(-0.1, ge=-1.0, le=1.0)
@@ -240,6 +244,43 @@ class LandmarkTracker(Protocol):
     def track_with_error(self, images: Tensor) -> tuple[Tracked, Tensor]:
         """``track`` of crops [B, 3, H, W] in [0, 1], plus the RMS landmark reprojection error
         [B] of each, in pixels of the crop; NaN where no face was found."""
+        ...
+
+
+@runtime_checkable
+class SequenceTracker(Protocol):
+    """A tracker that can follow one video (``mediapipe``).
+
+    ``sequence()`` returns a tracker for the frames of one sequence, given in order (crops of
+    consecutive frames, in batches or one at a time), which keeps what it has learnt between
+    calls: the identity, fitted once on the first frames, and the last frame's solution as the
+    next frames' starting point. ``gshead.jobs.tracking`` uses one per video and per live stream.
+    """
+
+    def sequence(self) -> Tracker:
+        """A fresh tracker for one sequence (with this tracker's config and abilities)."""
+        ...
+
+
+@runtime_checkable
+class FrameLandmarker(Protocol):
+    """A sequence tracker that finds its landmarks on whole frames and fits them without crops
+    (the ``mediapipe`` tracker's ``sequence()``).
+
+    ``gshead.jobs.tracking`` then asks ``locate`` for each frame (in order), places the crop box
+    from the face box as for a ``FaceDetector`` (smoothed the same way), maps the landmarks into
+    the crop's pixels and hands batches of them to ``fit_points``: no crop image is made.
+    """
+
+    config: TrackerConfig  # the face-crop settings
+
+    def locate(self, frame: Tensor) -> Located | None:
+        """The face in ``frame`` [1, 3, H, W] in [0, 1] (None: no face)."""
+        ...
+
+    def fit_points(self, points: Tensor, size: int) -> tuple[Tracked, Tensor]:
+        """Fit landmarks [B, P, 2] given in pixels of square crops of side ``size``: (tracked [B],
+        RMS fit errors [B] in pixels, NaN where a row is NaN)."""
         ...
 
 

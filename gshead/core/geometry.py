@@ -46,6 +46,7 @@ __all__ = [
     "quat_to_rotmat",
     "rotmat_to_quat",
     "quat_multiply",
+    "rotvec_derivatives",
     "rotvec_to_rotmat",
     "project_points",
     "view_direction",
@@ -120,6 +121,34 @@ def rotvec_to_rotmat(v: Tensor) -> Tensor:
     k = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).view(*v.shape[:-1], 3, 3)
     eye = torch.eye(3, dtype=v.dtype, device=v.device)
     return eye + a * k + b * (k @ k)
+
+
+def rotvec_derivatives(v: Tensor) -> Tensor:
+    """Derivatives of ``rotvec_to_rotmat`` [.., 3] -> [.., 3 (component), 3, 3]: entry ``a`` is
+    dR/dv_a (Gallego and Yezzi, "A compact formula for the derivative of a 3-D rotation in
+    exponential coordinates", 2015). Below |v| = 1e-4 rad, where that formula divides by ~0, the
+    series ``[e_a]x + ([e_a]x [v]x + [v]x [e_a]x) / 2`` is used (error O(|v|^2)). Branch-free."""
+    r = rotvec_to_rotmat(v)  # [.., 3, 3]
+    eye = torch.eye(3, dtype=v.dtype, device=v.device)
+    basis = _skew(eye)  # [3, 3, 3]: [e_a]x
+    th2 = (v * v).sum(-1)[..., None, None, None]  # [.., 1, 1, 1]
+    small = th2 < 1e-8
+    # v_a [v]x + [v x ((I - R) e_a)]x, all over |v|^2, times R
+    i_minus_r = eye - r  # [.., 3, 3]; column a is (I - R) e_a
+    cross = torch.linalg.cross(v[..., None, :].expand(*v.shape[:-1], 3, 3), i_minus_r.transpose(-1, -2), dim=-1)
+    big = (v[..., :, None, None] * _skew(v)[..., None, :, :] + _skew(cross)) / torch.where(
+        small, torch.ones_like(th2), th2
+    )
+    big = big @ r[..., None, :, :]
+    tiny = basis + 0.5 * (_skew(v)[..., None, :, :] @ basis + basis @ _skew(v)[..., None, :, :])
+    return torch.where(small, tiny, big)
+
+
+def _skew(v: Tensor) -> Tensor:
+    """[.., 3] -> the cross-product matrices [.., 3, 3] ([v]x w = v x w)."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).view(*v.shape[:-1], 3, 3)
 
 
 # -- cameras --------------------------------------------------------------------------------------

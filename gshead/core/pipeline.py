@@ -162,6 +162,7 @@ class Pipeline:
                 tracked = self.tracker.track(image)
             source = source if source is not None else tracked.params
             camera = camera if camera is not None else tracked.camera
+        source = _root_for(self.driver, source)
         view = camera.moved(source.pose_matrix())  # lift in head space: head pose is camera motion
         features = self.encoder(image)
         static = self.lifter(features, source, view)
@@ -276,6 +277,23 @@ class DrivingSession:
         return image
 
 
+def _root_for(driver, params: HeadParams) -> HeadParams:
+    """``params`` as ``driver`` takes them: a ``HeadParams.root`` (a rotation of the head mesh about
+    its root joint, e.g. FLAME's global pose) goes to a driver whose ``applies_root`` is true
+    (it turns only the mesh-bound Gaussians: GAGAvatar's ``expression-gaussians`` under ``compat:
+    official``); for any other driver it becomes head pose about that joint, i.e. camera motion
+    (``HeadParams.root_as_pose``; the joint from the driver's ``head_model``)."""
+    if params.root is None or getattr(driver, "applies_root", False):
+        return params
+    head_model = getattr(driver, "head_model", None)
+    if head_model is None:
+        raise InputError(
+            f"{type(driver).__name__}: the head parameters carry a root-joint rotation (HeadParams.root), "
+            "but the driver has no head model to find the joint"
+        )
+    return params.root_as_pose(head_model(params.replace(root=None)).joints[:, 0])
+
+
 def drive_frames(
     avatar: Avatar,
     params: HeadParams,
@@ -287,11 +305,12 @@ def drive_frames(
     check=None,
 ) -> tuple[Render, Tensor]:
     """One driving step for B frames, differentiable: the avatar's identity replaces
-    ``params.identity``, the driver poses the rig, the head pose becomes camera motion, the
-    rasterizer splats static + posed Gaussians, the refiner makes RGB. Returns the ``Render``
+    ``params.identity``, the driver poses the rig, the head pose becomes camera motion (a
+    ``params.root`` too, unless the driver ``applies_root``: ``_root_for``), the rasterizer splats
+    static + posed Gaussians, the refiner makes RGB. Returns the ``Render``
     ([B, C, H, W]) and the image [B, 3, H, W]. ``check(stage)`` runs after each stage when given."""
     b = params.batch_size
-    params = params.replace(identity=avatar.source.identity.expand(b, -1))
+    params = _root_for(driver, params.replace(identity=avatar.source.identity.expand(b, -1)))
     camera = camera.expand(b).moved(params.pose_matrix())
     posed = driver.drive(avatar, params)
     if check:

@@ -206,6 +206,13 @@ class HeadParams(_Container):
     eyes: Tensor  # [B, 6] left then right eyeball rotation, axis-angle, radians
     rotation: Tensor  # [B, 3] head rotation, axis-angle, applied as camera motion
     translation: Tensor  # [B, 3] head translation, model units, applied as camera motion
+    # [B, 3] or None (the default, and what every tracker writes): a rotation of the head *mesh*
+    # about the head model's root joint 0, axis-angle (FLAME's "global pose", posecode[:3] of
+    # GAGAvatar_track files). Not camera motion: a driver that says ``applies_root`` (GAGAvatar's
+    # ``expression-gaussians`` under ``compat: official``) turns only the mesh-bound Gaussians;
+    # for every other driver ``drive_frames`` folds it into ``rotation``/``translation``
+    # (``root_as_pose``), i.e. the whole head turns about joint 0.
+    root: Tensor | None = None
 
     def __post_init__(self) -> None:
         _expect("HeadParams.identity", self.identity, (None, None))
@@ -215,6 +222,8 @@ class HeadParams(_Container):
         _expect("HeadParams.eyes", self.eyes, (b, 6))
         _expect("HeadParams.rotation", self.rotation, (b, 3))
         _expect("HeadParams.translation", self.translation, (b, 3))
+        if self.root is not None:
+            _expect("HeadParams.root", self.root, (b, 3))
 
     @property
     def batch_size(self) -> int:
@@ -234,6 +243,24 @@ class HeadParams(_Container):
         m[:, :3, :3] = roma.rotvec_to_rotmat(self.rotation)
         m[:, :3, 3] = self.translation
         return m
+
+    def root_as_pose(self, joint0: Tensor) -> HeadParams:
+        """These parameters with ``root`` (about ``joint0`` [B, 3], the head model's root joint for
+        them, ``HeadMesh.joints[:, 0]``) folded into the head pose: ``pose_matrix()`` becomes
+        ``pose @ [R_root | joint0 - R_root joint0]`` and ``root`` None. Without a root: ``self``."""
+        if self.root is None:
+            return self
+        import roma
+
+        r_root = roma.rotvec_to_rotmat(self.root)  # [B, 3, 3]
+        j = joint0.to(r_root.dtype)
+        pivot = j - (r_root @ j[..., None])[..., 0]  # [B, 3]
+        r_pose = roma.rotvec_to_rotmat(self.rotation.to(r_root.dtype))
+        return self.replace(
+            rotation=roma.rotmat_to_rotvec(r_pose @ r_root).to(self.rotation.dtype),
+            translation=(self.translation + (r_pose @ pivot[..., None])[..., 0]).to(self.translation.dtype),
+            root=None,
+        )
 
     def select(self, index: int | slice) -> HeadParams:
         """Frames ``index`` of a sequence (keeps the batch dimension)."""
@@ -345,6 +372,15 @@ class CropBox:
         """The largest centred square."""
         side = min(width, height)
         return CropBox((width - side) // 2, (height - side) // 2, side)
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a ``FrameLandmarker`` found the face in a whole frame."""
+
+    face: tuple[float, float, float]  # (left, top, side) face box in frame pixels, like a detector's
+    points: Tensor  # [P, 2] the tracker's landmarks in frame pixels
+    faces: int  # faces the tracker saw in the frame (0 when it did not look for others)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ GAGAvatar_track (github.com/xg-chu/GAGAvatar_track) writes a pickle of
                              used only by the official training loss)
 ``shapecode``       [300]    FLAME identity -> ``HeadParams.identity``
 ``expcode``         [100]    FLAME expression -> ``HeadParams.expression``
-``posecode``        [6]      [global pose, jaw] axis-angle; the tracker always writes global 0
-                             -> ``HeadParams.jaw`` (a non-zero global pose is refused, see below)
+``posecode``        [6]      [global pose, jaw] axis-angle: ``[:3]`` -> ``HeadParams.root``
+                             (None where every frame's is 0, as GAGAvatar_track writes it; see
+                             below), ``[3:]`` -> ``HeadParams.jaw``
 ``eyecode``         [6]      [left eye, right eye] axis-angle -> ``HeadParams.eyes``
 ``transform_matrix`` [3, 4]  pytorch3d ``[R|T]``: ``x_cam = x R + T`` (row vectors), camera +X
                              left, +Y up, +Z forward, FLAME x 5 units, NDC focal 12
@@ -29,9 +30,14 @@ so a FLAME x 5 point ``x`` at NDC ``(12 X/Z, 12 Y/Z)`` of the pytorch3d camera l
 ``u = S/2 (1 - 12 X/Z)``, ``v = S/2 (1 - 12 Y/Z)``, which is gshead's projection of ``x / 5``.
 ``to_gagavatar_track`` is the inverse (``R = R_cv^T F``, ``T = 5 F t_cv``).
 
-A non-zero global pose (``posecode[:3]``) is refused: the official code turns only the
-expression Gaussians by it, about FLAME joint 0, which gshead's head-pose-as-camera-motion
-cannot reproduce (``docs/gagavatar.md``). The pickle is read with gshead's restricted unpickler
+Global pose (``posecode[:3]``): GAGAvatar_track itself always writes 0 there (its
+``engines/engine_optim.py`` builds ``posecode = [zeros, jawpose]`` and puts the head pose into
+``transform_matrix``); edited sequences and other FLAME trackers may not. The official inference
+feeds it to FLAME's LBS, which turns the mesh, and so only the expression Gaussians, about FLAME
+joint 0, while the plane Gaussians and the camera stay. It becomes ``HeadParams.root`` (a rotation
+of the mesh about the root joint, not camera motion): ``configs/gagavatar.yaml``'s
+``expression-gaussians`` (``compat: official``) applies it exactly so; any other driver gets it
+as head pose about joint 0 (``gshead.core.pipeline.drive_frames``). The pickle is read with gshead's restricted unpickler
 (plain NumPy arrays only; nothing in the file runs); a ``torch.save`` file of the same dict is read
 with ``torch.load(weights_only=True)``.
 
@@ -129,12 +135,6 @@ def read_gagavatar_track(
     if not all(bool(torch.isfinite(v).all()) for v in t.values()):
         raise InputError(f"{name}: non-finite values in the tracker output")
     glob = t["posecode"][:, :3]
-    if bool((glob.abs() > 1e-6).any()):
-        frame = keys[int((glob.abs() > 1e-6).any(1).nonzero()[0])]
-        raise InputError(
-            f"{name}: frame {frame!r} has a non-zero global pose (posecode[:3]); the official code turns only "
-            "the expression Gaussians by it, which gshead cannot reproduce; GAGAvatar_track writes 0 there"
-        )
     n = len(keys)
     params = HeadParams(
         identity=t["shapecode"].float(),
@@ -143,6 +143,7 @@ def read_gagavatar_track(
         eyes=t["eyecode"].float(),
         rotation=torch.zeros(n, 3),
         translation=torch.zeros(n, 3),
+        root=glob.float() if bool(glob.any()) else None,  # FLAME's global pose, about joint 0
     )
     return TrackedSequence(
         params=params,
@@ -236,17 +237,19 @@ def track_frame(seq: TrackedSequence, frame: str | int | None = None, what: str 
 
 
 def to_gagavatar_track(seq: TrackedSequence, prefix: str = "frame") -> dict[str, dict[str, np.ndarray]]:
-    """A ``TrackedSequence`` (global pose 0) back to GAGAvatar_track's per-frame dict (no ``bbox``)."""
+    """A ``TrackedSequence`` (head pose in the cameras) back to GAGAvatar_track's per-frame dict (no
+    ``bbox``); ``params.root`` is the global pose ``posecode[:3]`` (0 without one)."""
     if bool((seq.params.rotation.abs() > 1e-6).any()) or bool((seq.params.translation.abs() > 1e-6).any()):
         raise InputError("to_gagavatar_track: head pose must be in the cameras (rotation, translation 0)")
     transforms = camera_to_official(seq.camera)
     p = seq.params
+    root = p.root if p.root is not None else torch.zeros_like(p.jaw)
     out = {}
     for i in range(p.batch_size):
         out[f"{prefix}_{i}"] = {
             "shapecode": p.identity[i].numpy().astype(np.float32),
             "expcode": p.expression[i].numpy().astype(np.float32),
-            "posecode": np.concatenate([np.zeros(3, np.float32), p.jaw[i].numpy().astype(np.float32)]),
+            "posecode": np.concatenate([root[i].numpy(), p.jaw[i].numpy()]).astype(np.float32),
             "eyecode": p.eyes[i].numpy().astype(np.float32),
             "transform_matrix": transforms[i].numpy(),
         }

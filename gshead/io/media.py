@@ -589,8 +589,12 @@ def _open_video(path: Path):
 
 def _frame_to_tensor(frame) -> Tensor:
     """A decoded PyAV frame as [1, 3, H, W] float32 in [0, 1]."""
+    import numpy as np
+
     array = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
-    return torch.from_numpy(array).permute(2, 0, 1)[None].float().div_(255.0)
+    # numpy, not torch: one pass, and torch's thread pool made this 40x slower on a busy 2-core machine
+    planes = np.multiply(array.transpose(2, 0, 1), np.float32(1 / 255), dtype=np.float32)  # [3, H, W]
+    return torch.from_numpy(planes)[None]
 
 
 def _inspect(path: Path) -> tuple[VideoInfo, bool]:

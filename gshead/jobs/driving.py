@@ -12,6 +12,9 @@ so a frame equal to the reference reproduces the source exactly. The reference o
 motion is the head model's neutral (the demo starts there); that of a tracked sequence, a video
 or ARKit curves is their first frame. Identity is not touched: driving always keeps the
 avatar's identity (``drive_frames`` replaces it).
+
+``HeadParams.root`` (a rotation of the mesh about its root joint, e.g. FLAME's global pose; None
+means none) is composed like ``R_jaw`` when any of the three carries one, else left None.
 """
 
 from __future__ import annotations
@@ -50,7 +53,14 @@ def relative_to_source(params: HeadParams, source: HeadParams, reference: HeadPa
     eyes = torch.cat(
         [_compose(params.eyes[:, i : i + 3], ref.eyes[:, i : i + 3], src.eyes[:, i : i + 3]) for i in (0, 3)], dim=1
     )
+    root = None
+    if any(p.root is not None for p in (params, src, ref)):
+        def _root(p: HeadParams) -> torch.Tensor:
+            return p.root if p.root is not None else torch.zeros_like(p.jaw)
+
+        root = _compose(_root(params), _root(ref), _root(src))
     return params.replace(
+        root=root,
         expression=src.expression + (params.expression - ref.expression),
         jaw=_compose(params.jaw, ref.jaw, src.jaw),
         eyes=eyes,

@@ -16,11 +16,12 @@ Any registered tracker works; what it offers decides what is done:
   ``LandmarkTracker`` (``track_with_error``; the ``mediapipe`` tracker) gives the RMS landmark fit
   error of each frame (pixels of the crop; NaN there means it found no face); other trackers get
   NaN fit errors.
-- **One identity per sequence.** The ``mediapipe`` tracker fits one identity per batch; the
-  sequence's identity is the mean of the valid frames' identities, written into every frame.
-  (Expressions and poses were fitted with their batch's identity; with the default batch of 32
-  frames and short clips that is one or a few fits. A full refit is left to trackers that expose
-  one.) Trackers that fit no identity (``frontal``) give the head model's neutral identity.
+- **One identity per sequence.** A ``SequenceTracker`` (``mediapipe``) is asked for a
+  ``sequence()`` tracker per video, which fits the identity once, on the first batch's frames,
+  and starts every later frame from the previous fit (and runs MediaPipe in video mode). Other
+  trackers are called batch by batch; the sequence's identity is then the mean of the valid
+  frames' identities, written into every frame. Trackers that fit no identity (``frontal``) give
+  the head model's neutral identity.
 - **Frames without a face** are flagged (``valid`` False, fit error NaN); their parameters are
   interpolated linearly from the nearest valid frames on each side (held at the ends), their
   cameras copied from the nearest valid frame. A video with no face in any frame is an
@@ -38,12 +39,13 @@ version; the file is ``<cache>/sequences/<key>.safetensors`` with ``<cache>`` =
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +56,10 @@ from gshead.core.components import (
     ComponentConfig,
     Configured,
     FaceDetector,
+    FrameLandmarker,
     HeadModel,
     LandmarkTracker,
+    SequenceTracker,
     Tracker,
 )
 from gshead.core.errors import InputError
@@ -170,20 +174,9 @@ def _face_box(tracker: Tracker, frame: Tensor) -> tuple[CropBox | None, int, str
     """Where to crop ``frame`` [1, 3, H, W]: (box or None, faces found, why not when no usable
     face, warnings the tracker gave). (None, 0, None, ...) means the tracker does not crop."""
     if isinstance(tracker, FaceDetector):
-        config = tracker.config
         faces = tracker.detect_faces(frame)
-        h, w = frame.shape[-2:]
-        min_px = int(config.min_face_pixels)
-        if not faces:
-            why = f"no face found in the {w}x{h} image (expected a face at least {min_px} px wide)"
-            return None, 0, why, []
-        left, top, side = faces[0]
-        if side < min_px:
-            why = f"the largest face is {side:.0f} px wide, smaller than the minimum {min_px} px"
-            return None, len(faces), why + "; use a larger image of the face", []
-        scale = float(config.face_scale)
-        cx, cy = left + side / 2, top + side / 2 + float(config.face_offset) * side
-        return CropBox(cx - scale * side / 2, cy - scale * side / 2, scale * side), len(faces), None, []
+        box, why = _crop_of_face(tracker.config, faces[0] if faces else None, frame)
+        return box, len(faces), why, []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -192,6 +185,24 @@ def _face_box(tracker: Tracker, frame: Tensor) -> tuple[CropBox | None, int, str
             return None, 0, str(exc), []
     said = [str(c.message) for c in caught]
     return box, (1 if box is not None else 0), None, said
+
+
+def _crop_of_face(
+    config: Any, face: tuple[float, float, float] | None, frame: Tensor
+) -> tuple[CropBox | None, str | None]:
+    """The crop box of a face box (left, top, side) by the tracker config's ``face_scale`` and
+    ``face_offset``; (None, why) without a face or for one narrower than ``min_face_pixels``."""
+    h, w = frame.shape[-2:]
+    min_px = int(config.min_face_pixels)
+    if face is None:
+        return None, f"no face found in the {w}x{h} image (expected a face at least {min_px} px wide)"
+    left, top, side = face
+    if side < min_px:
+        why = f"the largest face is {side:.0f} px wide, smaller than the minimum {min_px} px"
+        return None, why + "; use a larger image of the face"
+    scale = float(config.face_scale)
+    cx, cy = left + side / 2, top + side / 2 + float(config.face_offset) * side
+    return CropBox(cx - scale * side / 2, cy - scale * side / 2, scale * side), None
 
 
 def _box_vector(box: CropBox) -> Tensor:
@@ -249,6 +260,17 @@ def _fit_batch(
     return out_p, out_c, torch.cat(errors), torch.cat(found)
 
 
+def _fit_points(
+    tracker: FrameLandmarker, points: Tensor, size: int
+) -> tuple[list[HeadParams | None], list[Camera | None], Tensor, Tensor]:
+    """``_fit_batch`` for a ``FrameLandmarker``: landmarks [B, P, 2] in pixels of size-``size`` crops."""
+    tracked, error = tracker.fit_points(points, size)
+    params, camera = tracked.params.to("cpu"), tracked.camera.to("cpu")
+    error = error.detach().float().cpu()
+    b = points.shape[0]
+    return [params.select(i) for i in range(b)], [_camera_at(camera, i) for i in range(b)], error, torch.isfinite(error)
+
+
 def _camera_at(camera: Camera, i: int) -> Camera:
     return Camera(
         camera.world_to_camera[i : i + 1], camera.intrinsics[i : i + 1], camera.width, camera.height
@@ -256,6 +278,22 @@ def _camera_at(camera: Camera, i: int) -> Camera:
 
 
 # ----------------------------------------------------------------------------- video / image
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch on ``n`` CPU threads inside, restored afterwards.
+
+    Tracking runs torch on one thread: its work per frame is small tensors (crops, the fit), and on
+    this project's 2-core machines torch's thread pool made them 5-40x slower whenever anything
+    else ran (MediaPipe's own threads, the decoder), while MediaPipe and PyAV use the other core.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def track_video(
     tracker: Tracker,
     frames: Iterable[Tensor],
@@ -279,12 +317,36 @@ def track_video(
     :param batch_size: crops fitted together.
     :param progress: called with the number of frames just finished, as tracking goes.
     :param source: how to name the input in messages.
+
+    Runs torch on one thread (``_torch_threads``).
     """
+    with _torch_threads(1):
+        return _track_video(
+            tracker, frames, head_model=head_model, crop_size=crop_size, fps=fps, smoothing=smoothing,
+            batch_size=batch_size, progress=progress, source=source,
+        )
+
+
+def _track_video(
+    tracker: Tracker,
+    frames: Iterable[Tensor],
+    *,
+    head_model: str,
+    crop_size: int,
+    fps: float,
+    smoothing: float,
+    batch_size: int,
+    progress: Callable[[int], Any] | None,
+    source: str,
+) -> TrackedSequence:
     from gshead.io.media import crop_square
 
     if batch_size < 1:
         raise InputError(f"batch_size: expected at least 1, got {batch_size}")
     _check_smoothing(smoothing)
+    recorded = tracker  # whose config the sequence records
+    if isinstance(tracker, SequenceTracker):
+        tracker = tracker.sequence()  # one identity, warm starts, MediaPipe's video mode
     rate = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
     box_filter = OneEuroFilter(rate, BOX_MIN_CUTOFF_HZ / smoothing, BOX_BETA) if smoothing > 0 else None
 
@@ -298,10 +360,15 @@ def track_video(
     said: dict[str, None] = {}  # the tracker's own warnings, once each
     last: Tensor | None = None  # last (filtered) box as (centre x, centre y, side)
 
+    on_frames = isinstance(tracker, FrameLandmarker)  # landmarks of whole frames, no crop images
+
     def flush() -> None:
         if not pending:
             return
-        p, c, e, f = _fit_batch(tracker, torch.cat([crop for _, crop in pending]))
+        if on_frames:
+            p, c, e, f = _fit_points(tracker, torch.stack([points for _, points in pending]), crop_size)
+        else:
+            p, c, e, f = _fit_batch(tracker, torch.cat([crop for _, crop in pending]))
         for j, (i, _) in enumerate(pending):
             if bool(f[j]) and p[j] is not None:
                 params[i], cameras[i], errors[i] = p[j], c[j], float(e[j])
@@ -312,7 +379,12 @@ def track_video(
     count = 0
     for i, frame in enumerate(frames):
         count += 1
-        box, faces, reason, messages = _face_box(tracker, frame)
+        if on_frames:
+            located = tracker.locate(frame)
+            box, reason = _crop_of_face(tracker.config, located.face if located else None, frame)
+            faces, messages = (located.faces if located else 0), []
+        else:
+            box, faces, reason, messages = _face_box(tracker, frame)
         said.update(dict.fromkeys(messages))
         most_faces, crowded = max(most_faces, faces), crowded + (faces > 1)
         if reason is not None:  # no usable face: flagged, nothing to fit; the box is held
@@ -326,7 +398,11 @@ def track_video(
         last = box_filter(_box_vector(box)) if box_filter is not None else _box_vector(box)
         box = _box_of(last)
         boxes.append(torch.tensor([box.left, box.top, box.side]))
-        pending.append((i, crop_square(frame, box, crop_size)))
+        if on_frames:  # the landmarks in the crop's pixels
+            corner = torch.tensor([box.left, box.top], dtype=located.points.dtype)
+            pending.append((i, (located.points - corner) * (crop_size / box.side)))
+        else:
+            pending.append((i, crop_square(frame, box, crop_size)))
         if len(pending) >= batch_size:
             flush()
     flush()
@@ -334,11 +410,11 @@ def track_video(
     if count == 0:
         raise InputError(f"{source}: the video has no frames")
     for message in said:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=3)
     if crowded:
         warnings.warn(
             f"{source}: up to {most_faces} faces found ({crowded} of {count} frames); tracking the largest",
-            stacklevel=2,
+            stacklevel=3,
         )
     if not params:
         reason = first_reason or "the tracker found no face landmarks in the face crops"
@@ -351,14 +427,62 @@ def track_video(
         warnings.warn(
             f"{source}: no face in {len(lost)} of {count} frames ({shown}); "
             "their parameters are interpolated",
-            stacklevel=2,
+            stacklevel=3,
         )
     error = torch.full((count,), float("nan"))
     for i, e in errors.items():
         error[i] = e
     return _assemble(
-        params, cameras, valid, error, torch.stack(boxes).float(), rate, head_model, smoothing, tracker
+        params, cameras, valid, error, torch.stack(boxes).float(), rate, head_model, smoothing, recorded
     )
+
+
+class StreamTracker:
+    """Tracks frames one at a time as they arrive (``gshead live``), causally.
+
+    The same steps as ``track_video`` for each frame, without looking ahead: the face box, the
+    crop box and its One-Euro filter, the tracker's ``sequence()`` (identity once, warm starts;
+    whole-frame landmarks for a ``FrameLandmarker``), one fit per frame. No temporal smoothing
+    of the parameters (it would need future frames); a frame without a face returns None and the
+    caller holds the last result.
+    """
+
+    def __init__(self, tracker: Tracker, crop_size: int, fps: float = DEFAULT_FPS, smoothing: float = 1.0) -> None:
+        _check_smoothing(smoothing)
+        self.tracker = tracker.sequence() if isinstance(tracker, SequenceTracker) else tracker
+        self.crop_size = int(crop_size)
+        rate = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        self._filter = OneEuroFilter(rate, BOX_MIN_CUTOFF_HZ / smoothing, BOX_BETA) if smoothing > 0 else None
+        self.last_reason: str | None = None  # why the last frame had no usable face
+
+    def __call__(self, frame: Tensor) -> tuple[HeadParams | None, float]:
+        """(params [1] or None without a usable face, RMS fit error in pixels or NaN) for ``frame`` [1, 3, H, W]."""
+        from gshead.io.media import crop_square
+
+        tracker, size = self.tracker, self.crop_size
+        on_frames = isinstance(tracker, FrameLandmarker)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # per-frame chatter; the caller counts frames without a face
+            if on_frames:
+                located = tracker.locate(frame)
+                box, reason = _crop_of_face(tracker.config, located.face if located else None, frame)
+            else:
+                box, _faces, reason, _said = _face_box(tracker, frame)
+            if reason is not None:
+                self.last_reason = reason
+                return None, float("nan")
+            box = box or CropBox.centred(frame.shape[-1], frame.shape[-2])
+            vector = _box_vector(box)
+            box = _box_of(self._filter(vector) if self._filter is not None else vector)
+            if on_frames:
+                corner = torch.tensor([box.left, box.top], dtype=located.points.dtype)
+                p, _c, e, f = _fit_points(tracker, ((located.points - corner) * (size / box.side))[None], size)
+            else:
+                p, _c, e, f = _fit_batch(tracker, crop_square(frame, box, size))
+        if not bool(f[0]) or p[0] is None:
+            self.last_reason = "the tracker found no face landmarks in the face crop"
+            return None, float("nan")
+        return p[0], float(e[0])
 
 
 def track_image(
@@ -600,6 +724,11 @@ def track_with_pipeline(
     from gshead.core.registry import get_registry
 
     registry = registry or get_registry()
+    if is_video(path) and not type(config.tracker).fits_motion:
+        raise InputError(
+            f"{path}: tracker {config.tracker.name!r} fits no motion (every frame would get the "
+            f"neutral face); expected a pipeline whose tracker fits one, e.g. tracker: {{name: mediapipe}}"
+        )
     built: list[Tracker] = []
 
     def build() -> Tracker:

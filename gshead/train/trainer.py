@@ -219,7 +219,8 @@ class Trainer:
         self.bad_steps = 0
         self._updating = False
         self._stop_requested = False
-        self._last_saved: ckpt.Checkpoint | None = None
+        self._last_saved: ckpt.Checkpoint | None = None  # rank 0's last checkpoint
+        self._saved_step: int | None = None  # the last checkpointed step, known to every rank
         self._shown: tuple[Tensor, ...] | None = None  # first sample's images of the last step
         self._rng_before_step: dict[str, Any] | None = None  # set while a step is unfinished
 
@@ -275,6 +276,7 @@ class Trainer:
             saved = ckpt.save_checkpoint(self.checkpoint_dir, self.step, self.pipeline, state)
             ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_last)
             self._last_saved = saved
+        self._saved_step = self.step  # on every rank: fit's final save must be skipped by all or none
         dist_util.barrier()
         return saved
 
@@ -300,6 +302,7 @@ class Trainer:
         self.step = found.step
         self.bad_steps = int(state["bad_steps"])
         self._last_saved = found
+        self._saved_step = found.step
         self.logger.truncate_after(self.step)
         return True
 
@@ -411,7 +414,7 @@ class Trainer:
                         "interrupted inside a parameter update: no checkpoint of it was saved"
                     )
                     raise
-            if self.step > start and (self._last_saved is None or self._last_saved.step != self.step):
+            if self.step > start and self._saved_step != self.step:
                 self.save()
         finally:
             self.logger.close()

@@ -307,3 +307,36 @@ def test_ray_runner_imports_without_ray_and_says_what_is_missing(tmp_path, monke
     with pytest.raises(ConfigError, match="ray is not installed"):
         ray_runner.run_on_ray(matrix, tmp_path / "out")
     assert ray_runner.main([str(matrix), "-o", str(tmp_path / "out")]) == 2
+
+
+def test_training_folder_is_kept_for_resuming_only_for_the_same_variant(tmp_path):
+    loaded = expand(
+        {"base": _base(), "axes": {"lifter.resolution": [8]}, "measure": SMALL, "train": {"steps": 2}}
+    )
+    (task,) = runner.make_tasks(loaded, loaded.variants, tmp_path, workers=1)
+    folder = runner.prepare_train_dir(task)
+    assert folder == runner.train_dir_of(tmp_path, "8") and folder.is_dir()
+    (folder / "checkpoints").mkdir()
+    assert (runner.prepare_train_dir(task) / "checkpoints").is_dir()  # same digest: kept (resumes)
+    other = runner.VariantTask(**{**task.__dict__, "digest": "f" * 16})
+    assert not (runner.prepare_train_dir(other) / "checkpoints").exists()  # another variant's: emptied
+    (folder / "checkpoints").mkdir()
+    forced = runner.VariantTask(**{**other.__dict__, "restart_training": True})
+    assert not (runner.prepare_train_dir(forced) / "checkpoints").exists()  # --force: from scratch
+    (forced_task,) = runner.make_tasks(loaded, loaded.variants, tmp_path, workers=1, restart_training=True)
+    assert forced_task.restart_training
+
+
+def test_a_training_hook_that_takes_resume_is_asked_to_resume(tmp_path, monkeypatch):
+    calls = []
+
+    def run_training(pipeline, config, steps, out_dir, resume=False):
+        calls.append(resume)
+        return {"psnr": 1.0}
+
+    trainer = types.ModuleType("gshead.train")
+    trainer.run_training = run_training
+    monkeypatch.setitem(sys.modules, "gshead.train", trainer)
+    assert runner.train_variant(None, 2, None, tmp_path / "t") == {"psnr": 1.0}
+    assert runner.train_variant(None, 2, None, tmp_path / "t", resume=False) == {"psnr": 1.0}
+    assert calls == [True, False]

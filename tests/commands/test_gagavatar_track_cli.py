@@ -92,6 +92,27 @@ def test_reenact_absolute_renders_one_frame_per_track_frame(files, tmp_path):
                  "-q", "--size", "16"]) == 0  # relative (the default) runs too
 
 
+def test_a_track_with_a_global_pose_reconstructs_and_drives(files, tmp_path):
+    """``posecode[:3]`` (no longer refused) is ``HeadParams.root``: the tiny pipeline's driver does not
+    apply it, so the source's becomes head pose about joint 0 (the avatar stores it folded), and
+    reenact drives with it, absolute and relative."""
+    folder, track, _avatar = files
+    posed = {k: dict(v) for k, v in track.items()}
+    for i, k in enumerate(sorted(posed)):
+        posed[k]["posecode"] = posed[k]["posecode"].copy()
+        posed[k]["posecode"][:3] = np.array([0.05 * i, -0.2, 0.03], np.float32)
+    pkl = tmp_path / "optim.pkl"
+    pkl.write_bytes(pickle.dumps(posed))
+    avatar = tmp_path / "posed.safetensors"
+    args = ["reconstruct", "example:astronaut", "-o", str(avatar), "--pipeline", str(folder / "flame.yaml")]
+    assert main([*args, "--source-track", f"{pkl}:clip_1", "-q"]) == 0
+    source = load_avatar(avatar).avatar.source
+    assert source.root is None and source.rotation.abs().max() > 0.1
+    for extra in (["--absolute"], []):
+        out = tmp_path / f"drive{len(extra)}.png"
+        assert main(["reenact", str(avatar), "--driver", str(pkl), *extra, "-o", str(out), "-q", "--size", "16"]) == 0
+
+
 def test_refusals_are_one_line(files, tmp_path, capsys):
     folder, _track, avatar_file = files
     track = str(folder / "optim.pkl")

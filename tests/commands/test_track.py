@@ -1,7 +1,8 @@
 """``gshead track`` and ``gshead reenact --driver VIDEO`` (the same tracking path and cache).
 
-Uses the tiny test pipeline with the ``frontal`` tracker cropping on scikit-image's face cascade
-(no MediaPipe needed): frames of the astronaut have a face, flat grey frames do not.
+Images use the tiny test pipeline with the ``frontal`` tracker cropping on scikit-image's face
+cascade; videos the same pipeline with the ``mediapipe`` tracker (``frontal`` fits no motion and is
+refused for videos). Frames of the astronaut have a face, flat grey frames do not.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def _own_cache(tmp_path_factory, monkeypatch):
 def pipeline_yaml(tmp_path_factory):
     path = tmp_path_factory.mktemp("pipe") / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_pipeline(tracker={"name": "frontal", "crop": "face"})))
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_yaml(tmp_path_factory):
+    pytest.importorskip("mediapipe", reason="video tracking uses the mediapipe tracker")
+    path = tmp_path_factory.mktemp("pipe") / "tiny-mediapipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_pipeline(tracker={"name": "mediapipe"})))
     return path
 
 
@@ -76,11 +85,20 @@ def test_image_without_a_face_is_one_line_and_writes_nothing(tmp_path, pipeline_
     assert _files(tmp_path) == ["flat.png"]
 
 
-def test_track_video_flags_the_faceless_frame(tmp_path, pipeline_yaml, clip, capsys):
+def test_a_tracker_without_motion_is_refused_for_a_video(tmp_path, pipeline_yaml, clip, capsys):
+    out = tmp_path / "seq.safetensors"
+    code = main(["track", str(clip), "-o", str(out), "--pipeline", str(pipeline_yaml), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "'frontal' fits no motion" in err[0] and "mediapipe" in err[0] and "clip.mp4" in err[0]
+    assert not out.exists()
+
+
+def test_track_video_flags_the_faceless_frame(tmp_path, video_yaml, clip, capsys):
     out = tmp_path / "seq.safetensors"
     with pytest.warns(UserWarning, match=r"no face in 1 of 4 frames \(2\)"):
         code = main(
-            ["track", str(clip), "-o", str(out), "--pipeline", str(pipeline_yaml), "-q", "--smoothing", "0"]
+            ["track", str(clip), "-o", str(out), "--pipeline", str(video_yaml), "-q", "--smoothing", "0"]
         )
     assert code == 0
     seq = load_sequence(out)
@@ -89,7 +107,7 @@ def test_track_video_flags_the_faceless_frame(tmp_path, pipeline_yaml, clip, cap
     assert seq.crop[1, 0] > seq.crop[0, 0] + 3  # and followed the face when it moved (6 px)
 
 
-def test_truncated_video_is_one_line_and_writes_nothing(tmp_path, pipeline_yaml, capsys):
+def test_truncated_video_is_one_line_and_writes_nothing(tmp_path, video_yaml, capsys):
     rng = torch.Generator().manual_seed(0)
     with VideoWriter(tmp_path / "noise.mp4", 25, 64, 48) as writer:
         writer.write(torch.rand(20, 3, 48, 64, generator=rng))
@@ -97,7 +115,7 @@ def test_truncated_video_is_one_line_and_writes_nothing(tmp_path, pipeline_yaml,
     (tmp_path / "noise.mp4").unlink()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     out = tmp_path / "seq.safetensors"
-    code = main(["track", str(tmp_path / "cut.mp4"), "-o", str(out), "--pipeline", str(pipeline_yaml), "-q"])
+    code = main(["track", str(tmp_path / "cut.mp4"), "-o", str(out), "--pipeline", str(video_yaml), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cut.mp4" in err[0]
     assert _files(tmp_path) == ["cut.mp4"]
@@ -105,8 +123,9 @@ def test_truncated_video_is_one_line_and_writes_nothing(tmp_path, pipeline_yaml,
 
 @pytest.mark.slow
 def test_reenact_with_a_video_driver_goes_through_the_same_tracking_and_cache(
-    tmp_path, pipeline_yaml, clip, monkeypatch, capsys
+    tmp_path, video_yaml, clip, monkeypatch, capsys
 ):
+    pipeline_yaml = video_yaml
     import gshead.jobs.tracking as tracking
 
     seq_path = tmp_path / "seq.safetensors"

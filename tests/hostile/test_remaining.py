@@ -95,10 +95,11 @@ def test_a_512_px_face_on_a_12000_px_canvas_is_found(tmp_path):
 
 
 def test_a_face_too_small_for_the_search_says_where_it_searched(tmp_path):
-    _canvas(tmp_path / "big.png", 12000)  # a 97-px face; 12000 px are read at 6324 and searched at 2048
+    # a 97-px face; 12000 px are read at 6324, where it is 51 px: below what the tiled search finds
+    _canvas(tmp_path / "big.png", 12000)
     line = _refused(
         tmp_path, "reconstruct", "big.png", "-o", "a.safetensors", "--fit-steps", "0", "-q",
-        names=("big.png (12000x12000, read at 6324x6324)", "no face found", "searched at 2048x2048", "px wide"),
+        names=("big.png (12000x12000, read at 6324x6324)", "no face found", "1024-px tiles", "px wide"),
         output="a.safetensors",
     )  # fmt: skip
     assert "at least 40 px" not in line

@@ -94,12 +94,35 @@ def test_round_trip_through_a_sequence_file(tmp_path):
         assert np.allclose(back[k]["transform_matrix"], rec["transform_matrix"], atol=1e-5)
 
 
+def test_global_pose_becomes_the_root_rotation(tmp_path):
+    """``posecode[:3]`` (FLAME's global pose; GAGAvatar_track writes 0 there, edited or other
+    trackers' files may not) -> ``HeadParams.root``, not camera motion; None when all are 0, and
+    back through a sequence file and ``to_gagavatar_track`` bit for bit."""
+    track = synthetic_track(3, seed=6)
+    assert read_gagavatar_track(track).params.root is None  # the official tracker's output
+    posed = {k: dict(v) for k, v in track.items()}
+    posed["clip_1"]["posecode"] = np.array([0.1, -0.3, 0.05, 0.2, 0.0, 0.01], np.float32)
+    seq = read_gagavatar_track(posed)
+    assert seq.params.root is not None and tuple(seq.params.root.shape) == (3, 3)
+    assert torch.equal(seq.params.root[1], torch.tensor([0.1, -0.3, 0.05]))
+    assert seq.params.root[[0, 2]].abs().max() == 0
+    assert torch.equal(seq.params.jaw[1], torch.tensor([0.2, 0.0, 0.01]))
+    assert seq.params.rotation.abs().max() == 0 and seq.params.translation.abs().max() == 0
+    assert torch.equal(seq.camera.world_to_camera, read_gagavatar_track(track).camera.world_to_camera)
+    # the cameras' head pose and the root are independent: poses_relative_to / track_frame keep it
+    params = poses_relative_to(seq, _source_camera())
+    assert torch.equal(params.root, seq.params.root)
+    assert torch.equal(track_frame(seq, "clip_1")[0].root, seq.params.root[1:2])
+    save_sequence(tmp_path / "seq.safetensors", seq)
+    loaded = load_sequence(tmp_path / "seq.safetensors")
+    assert torch.equal(loaded.params.root, seq.params.root)
+    back = to_gagavatar_track(loaded, prefix="clip")
+    for k, rec in posed.items():
+        assert np.array_equal(back[k]["posecode"], rec["posecode"]), k
+
+
 def test_refusals(tmp_path):
     track = synthetic_track(2)
-    bad = {k: dict(v) for k, v in track.items()}
-    bad["clip_1"]["posecode"] = np.array([0.1, 0, 0, 0, 0, 0], np.float32)
-    with pytest.raises(InputError, match="non-zero global pose"):
-        read_gagavatar_track(bad)
     short = {k: {f: a for f, a in v.items() if f != "eyecode"} for k, v in track.items()}
     with pytest.raises(InputError, match="no 'eyecode'"):
         read_gagavatar_track(short)
@@ -185,3 +208,42 @@ def test_torch_saved_track(tmp_path):
     path.write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(InputError, match="weights-only torch file"):
         read_gagavatar_track(path)
+
+
+def test_root_as_pose_turns_the_head_about_the_joint():
+    """``HeadParams.root_as_pose``: the root rotation about ``joint0`` folded into the head pose, so
+    ``pose_matrix()`` maps a point as ``pose(j0 + R_root (x - j0))``."""
+    import roma
+
+    from gshead.core.types import HeadParams
+
+    g = torch.Generator().manual_seed(2)
+    p = HeadParams.zeros(4, 5, batch_size=3).replace(
+        rotation=0.3 * torch.randn(3, 3, generator=g), translation=0.05 * torch.randn(3, 3, generator=g),
+        root=0.4 * torch.randn(3, 3, generator=g),
+    )
+    j0 = 0.1 * torch.randn(3, 3, generator=g)
+    x = torch.randn(3, 7, 3, generator=g)
+    folded = p.root_as_pose(j0)
+    assert folded.root is None and p.replace(root=None).root_as_pose(j0).root is None
+    m = folded.pose_matrix()
+    ours = x @ m[:, :3, :3].transpose(1, 2) + m[:, None, :3, 3]
+    turned = j0[:, None] + (x - j0[:, None]) @ roma.rotvec_to_rotmat(p.root).transpose(1, 2)
+    pm = p.pose_matrix()
+    expected = turned @ pm[:, :3, :3].transpose(1, 2) + pm[:, None, :3, 3]
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_relative_driving_composes_the_root():
+    """Relative driving composes ``root`` like the jaw: the reference frame reproduces the source's
+    root; without any root it stays None."""
+    from gshead.core.types import HeadParams
+    from gshead.jobs.driving import relative_to_source
+
+    seq = read_gagavatar_track(synthetic_track(3, seed=8))
+    frames = seq.params.replace(root=torch.tensor([[0.0, 0.2, 0.0], [0.0, 0.5, 0.0], [0.1, 0.0, 0.0]]))
+    source = HeadParams.zeros(300, 100).replace(root=torch.tensor([[0.0, -0.1, 0.0]]))
+    out = relative_to_source(frames, source, frames.select(0))
+    assert torch.allclose(out.root[0], source.root[0], atol=1e-6)
+    assert torch.allclose(out.root[1], torch.tensor([0.0, 0.2, 0.0]), atol=1e-6)  # +0.3 yaw on -0.1
+    assert relative_to_source(seq.params, HeadParams.zeros(300, 100), seq.params.select(0)).root is None

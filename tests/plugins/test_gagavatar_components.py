@@ -223,6 +223,64 @@ def test_expression_gaussian_rotations_follow_their_triangles(expression_pipelin
     assert torch.allclose(dots, torch.ones_like(dots), atol=1e-4)
 
 
+def test_root_rotation_is_camera_motion_about_joint_0_for_sane_drivers(expression_pipeline):
+    """``HeadParams.root`` (FLAME's global pose) for a driver that does not apply it (``compat:
+    sane``): reconstruction and driving fold it into head pose about joint 0 (camera motion), so
+    the results are those of ``root_as_pose``."""
+    pipe, _avatar = expression_pipeline
+    assert not pipe.driver.applies_root
+    hm = pipe.head_model
+    root = torch.tensor([[0.05, -0.3, 0.1]])
+    source = hm.neutral(1).replace(root=root)
+    folded = source.root_as_pose(hm(source.replace(root=None)).joints[:, 0])
+    assert folded.rotation.abs().max() > 0.1
+    image = sample_image(32)
+    a, b = pipe.reconstruct(image, source=source), pipe.reconstruct(image, source=folded)
+    assert torch.allclose(a.static.means, b.static.means, atol=1e-6)
+    assert a.source.root is None and torch.allclose(a.source.rotation, folded.rotation)
+    frames = _expressions(hm, 2).replace(root=root.expand(2, 3) * torch.tensor([[1.0], [-1.0]]))
+    frames_folded = frames.root_as_pose(hm(frames.replace(root=None)).joints[:, 0])
+    session = pipe.session(b)
+    assert torch.allclose(session.render(frames), session.render(frames_folded), atol=1e-5)
+
+
+def test_official_driver_turns_only_the_mesh_about_joint_0():
+    """``compat: official``: the driver applies ``HeadParams.root`` itself (GAGAvatar: FLAME's global
+    pose in the LBS): the expression Gaussians' means turn about joint 0, their rotations do not,
+    and ``drive_frames`` leaves the camera and the lifted Gaussians alone."""
+    import roma
+
+    from gshead.core.pipeline import drive_frames
+
+    pipe = Pipeline.from_dict(tiny_pipeline(**SMALL, driver={**DRIVER, "compat": "official"}), REGISTRY)
+    avatar = pipe.reconstruct(sample_image(32))
+    assert pipe.driver.applies_root
+    hm = pipe.head_model
+    frames = _expressions(hm, 2)
+    root = torch.tensor([[0.1, -0.4, 0.05], [0.0, 0.3, 0.0]])
+    seen = {}
+
+    def rasterizer(gaussians, camera, background=None):
+        seen.update(gaussians=gaussians, camera=camera)
+        ones = torch.ones(camera.batch_size, 1, 4, 4)
+        return Render(ones.expand(-1, gaussians.channels, -1, -1), ones, ones)
+
+    camera = avatar.camera.expand(2)
+    drive_frames(avatar, frames.replace(root=root), camera, pipe.driver, rasterizer, lambda r: r.features[:, :3])
+    turned = seen["gaussians"]
+    drive_frames(avatar, frames, camera, pipe.driver, rasterizer, lambda r: r.features[:, :3])
+    plain = seen["gaussians"]
+    assert torch.allclose(seen["camera"].world_to_camera, camera.moved(frames.pose_matrix()).world_to_camera)
+    n = avatar.static.count
+    assert torch.equal(turned.means[:, :n], plain.means[:, :n])  # the lifted Gaussians stay
+    assert torch.equal(turned.quats, plain.quats)  # rotations world-fixed (official)
+    mesh = hm(frames.replace(identity=avatar.source.identity.expand(2, -1)))
+    j0 = mesh.joints[:, :1]
+    expected = j0 + (mesh.vertices - j0) @ roma.rotvec_to_rotmat(root).transpose(1, 2)
+    assert torch.allclose(turned.means[:, n:], expected, atol=1e-6)
+    assert (turned.means[:, n:] - plain.means[:, n:]).abs().max() > 1e-3
+
+
 def test_expression_gaussians_gradients_reach_head_base_and_mlp(expression_pipeline):
     pipe, _ = expression_pipeline
     image = sample_image(32)

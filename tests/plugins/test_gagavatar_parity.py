@@ -13,6 +13,14 @@ covariances at the source and at a driven expression / jaw / eyes), the refined 
 same 32-channel feature image through ``StyleUNetRefiner.forward`` (stored noise, and fresh noise
 under ``compat: official`` with the official seed).
 
+``global_pose.safetensors`` (same script) is the official inference path (``DriverData`` ->
+``forward_expression``, up to the Gaussians handed to the rasterizer) for one driven frame with a
+**non-zero FLAME global pose**: gshead reads that frame as GAGAvatar_track output (``posecode[:3]``
+-> ``HeadParams.root``), turns it into head pose about the source camera (``poses_relative_to``)
+and runs ``drive_frames``; the expression Gaussians it hands the rasterizer (the mesh turned about
+FLAME joint 0, rotations world-fixed), the plane Gaussians (unmoved) and the camera (the frame's)
+must match the official ones to 1e-4 relative.
+
 Units: the official code works in FLAME x 5, gshead in metres, so official lengths (positions,
 scales) are 5 x gshead's; the official camera (pytorch3d ``[R|T]``, focal 12) is converted to
 gshead's OpenCV camera here (``official_camera``).
@@ -37,6 +45,7 @@ from gshead.plugins._shared.direction_code import forward_direction
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "data" / "gagavatar_reference" / "reference.safetensors"
+GLOBAL_POSE = ROOT / "tests" / "data" / "gagavatar_reference" / "global_pose.safetensors"
 SCRIPT = ROOT / "scripts" / "record_gagavatar_reference.py"
 TOL = 1e-4
 FLAME_X5 = 5.0  # official lengths per gshead metre
@@ -246,7 +255,7 @@ def driven(parity, tmp_path_factory):
     with torch.no_grad():
         rig = driver.prepare(parity["out"]["features"], head_params(ref, "src"), parity["camera"], None)
         frame = driver.drive(types.SimpleNamespace(rig=rig), head_params(ref, "drv"))
-    return {"src": rig.dynamic, "drv": frame, "ref": ref}
+    return {"src": rig.dynamic, "drv": frame, "ref": ref, "driver": driver, "rig": rig, "flame": flame}
 
 
 @pytest.mark.parametrize("frame", ["src", "drv"])
@@ -312,3 +321,136 @@ def test_official_covariance_is_the_rasterizers_sigma_of_non_unit_quaternions():
     rot = quat_to_rotmat(uq)
     back = rot @ torch.diag_embed(us**2) @ rot.transpose(-1, -2)
     assert torch.allclose(back, sigma, atol=1e-12, rtol=1e-8)
+
+
+# ------------------------------------------------------------- a driven frame with a global pose
+class _Capture:
+    """A rasterizer stand-in: keeps what ``drive_frames`` hands it (Gaussians, camera)."""
+
+    def __call__(self, gaussians, camera, background=None):
+        self.gaussians, self.camera = gaussians, camera
+        ones = torch.ones(camera.batch_size, 1, 4, 4)
+        return Render(ones.expand(-1, 32, -1, -1), ones, ones)
+
+
+def _drive_track_frame(driven, parity, pose, driver=None):
+    """The recorded official frame read as GAGAvatar_track output, driven through gshead's core
+    (``poses_relative_to`` about the source camera, then ``drive_frames``)."""
+    from gshead.core.pipeline import drive_frames
+    from gshead.io.gagavatar_track import poses_relative_to, read_gagavatar_track
+
+    record = {
+        "shapecode": pose["pose.shape"].numpy(), "expcode": pose["pose.exp"].numpy(),
+        "posecode": pose["pose.pose"].numpy(), "eyecode": pose["pose.eyes"].numpy(),
+        "transform_matrix": pose["pose.transform"].numpy(),
+    }
+    seq = read_gagavatar_track({"frame_0": record})
+    params = poses_relative_to(seq, parity["camera"])
+    driver = driver or driven["driver"]
+    with torch.no_grad():
+        rig = driven["rig"] if driver is driven["driver"] else driver.prepare(
+            parity["out"]["features"], head_params(driven["ref"], "src"), parity["camera"], None
+        )
+        avatar = types.SimpleNamespace(
+            static=parity["out"]["gaussians"], rig=rig, source=head_params(driven["ref"], "src")
+        )
+        capture = _Capture()
+        drive_frames(avatar, params, parity["camera"], driver, capture, lambda render: render.features[:, :3])
+    return params, capture
+
+
+@pytest.fixture(scope="module")
+def global_pose(driven, parity):
+    if not GLOBAL_POSE.is_file():
+        pytest.skip(f"{GLOBAL_POSE} missing; record it with {SCRIPT.name}")
+    pose = load_file(str(GLOBAL_POSE))
+    assert pose["pose.pose"][:3].abs().max() > 0.1  # the frame really has a global pose
+    params, capture = _drive_track_frame(driven, parity, pose)
+    return {"pose": pose, "params": params, "capture": capture, "statics": parity["out"]["gaussians"].count}
+
+
+def test_global_pose_reaches_the_driver_not_the_camera(global_pose):
+    """``posecode[:3]`` became ``HeadParams.root``; the official driver applies it, so the camera
+    handed to the rasterizer is the frame's own (the official ``cam_matrix``), unmoved by it."""
+    pose, params, capture = global_pose["pose"], global_pose["params"], global_pose["capture"]
+    assert torch.equal(params.root[0], pose["pose.pose"][:3])
+    cam = official_camera(pose["pose.cam"])
+    assert torch.allclose(capture.camera.world_to_camera, cam.world_to_camera, atol=1e-5)
+    assert torch.allclose(capture.camera.intrinsics, cam.intrinsics)
+
+
+def test_global_pose_expression_gaussian_positions(global_pose, driven):
+    """Means: the official ``t_points`` for that frame (FLAME LBS with the global pose: the mesh
+    turned about joint 0), as handed to the rasterizer."""
+    pose, capture, n = global_pose["pose"], global_pose["capture"], global_pose["statics"]
+    idx = pose["pose.g.index"]
+    ours = capture.gaussians.means[0, n:][idx] * FLAME_X5
+    assert rel(ours, pose["pose.g.xyz"]) <= TOL
+    # not vacuous: without the global pose the vertices are far from where the official code puts them
+    unturned = driven["flame"](global_pose["params"].replace(root=None)).vertices[0, idx] * FLAME_X5
+    assert (unturned - pose["pose.g.xyz"]).abs().max() > 0.1
+
+
+def test_global_pose_expression_gaussian_covariances(global_pose):
+    """Rotations and scales stay as at the source (world-fixed, not turned with the mesh): the
+    covariance is the official rasterizer's from the frame's recorded non-unit quaternions."""
+    from gshead.core.geometry import quat_to_rotmat
+
+    pose, capture, n = global_pose["pose"], global_pose["capture"], global_pose["statics"]
+    idx = pose["pose.g.index"]
+    g = capture.gaussians
+    r = quat_to_rotmat(g.quats[0, n:][idx].double() / g.quats[0, n:][idx].double().norm(dim=-1, keepdim=True))
+    ours = r @ torch.diag_embed((g.scales[0, n:][idx].double() * FLAME_X5) ** 2) @ r.transpose(-1, -2)
+    assert rel(ours, official_sigma(pose["pose.g.rotations"], pose["pose.g.scales"])) <= TOL
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_global_pose_leaves_the_plane_gaussians(global_pose, layer):
+    """The lifted plane Gaussians in that frame are where the source camera put them, in the
+    official code and in what gshead hands its rasterizer."""
+    pose, capture = global_pose["pose"], global_pose["capture"]
+    idx = pose["pose.l.index"] + layer * 296 * 296
+    assert rel(capture.gaussians.means[0, idx] * FLAME_X5, pose[f"pose.l{layer}.xyz"]) <= TOL
+
+
+def test_global_pose_is_a_rotation_about_flame_joint_0(global_pose, driven):
+    """Independent of the driver (roma on the recorded numbers): the official positions are gshead's
+    global-pose-free FLAME mesh turned by R(posecode[:3]) about the official joint 0 (recorded), and
+    gshead's root joint is that joint."""
+    import roma
+
+    pose, params = global_pose["pose"], global_pose["params"]
+    idx = pose["pose.g.index"]
+    mesh = driven["flame"](params.replace(root=None))
+    j0 = pose["pose.joint0"].double()
+    assert rel(mesh.joints[0, 0] * FLAME_X5, j0) <= TOL
+    rot = roma.rotvec_to_rotmat(pose["pose.pose"][:3].double())
+    turned = j0 + (mesh.vertices[0, idx].double() * FLAME_X5 - j0) @ rot.T
+    assert rel(turned, pose["pose.g.xyz"]) <= TOL
+
+
+def test_sane_mode_makes_the_global_pose_camera_motion_about_joint_0(global_pose, driven, parity):
+    """``compat: sane`` (gshead's default) does not apply the root itself: ``drive_frames`` folds it
+    into head pose about joint 0 (camera motion; the whole head turns), so the expression
+    Gaussians land on the same pixels as the official ones, seen from a moved camera."""
+    from gshead.core.geometry import project_points
+    from gshead.plugins.drivers.expression_gaussians import (
+        ExpressionGaussiansConfig,
+        ExpressionGaussiansDriver,
+    )
+
+    sane = ExpressionGaussiansDriver(
+        ExpressionGaussiansConfig(code_channels=256, hidden=256, layers=4, head_hidden=128, max_scale=0.01),
+        BuildContext(feature_channels=32, head_model=driven["flame"], encoder_channels=(768,) * 4,
+                     encoder_global_channels=768),
+    )
+    sane.load_state_dict(parity["slots"]["driver"], strict=True)
+    sane.eval()
+    assert not sane.applies_root and driven["driver"].applies_root
+    pose, n = global_pose["pose"], global_pose["statics"]
+    _params, capture = _drive_track_frame(driven, parity, pose, driver=sane)
+    assert not torch.allclose(capture.camera.world_to_camera, global_pose["capture"].camera.world_to_camera)
+    idx = pose["pose.g.index"]
+    ours = project_points(capture.gaussians.means[:, n:][:, idx], capture.camera)
+    official = project_points(pose["pose.g.xyz"][None] / FLAME_X5, official_camera(pose["pose.cam"]))
+    assert (ours - official).abs().max() < 1e-2  # pixels (of 512)

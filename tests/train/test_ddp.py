@@ -17,7 +17,7 @@ def _dataset():
     return ListDataset([make_sample(0), make_sample(1)])
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, checkpoint_every: int = 1000) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -29,7 +29,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from gshead.train.trainer import Trainer
 
     trainer = Trainer(
-        train_config(steps=STEPS, batch_size=1), os.path.join(out_dir, "run"), dataset=_dataset(), quiet=True
+        train_config(steps=STEPS, batch_size=1, checkpoint_every=checkpoint_every),
+        os.path.join(out_dir, "run"),
+        dataset=_dataset(),
+        quiet=True,
     )
     try:
         assert trainer.dist.world_size == world and trainer.dist.rank == rank
@@ -80,3 +83,14 @@ def test_two_process_gloo_matches_single_process_batch(tmp_path):
         assert torch.allclose(r0["params"][key], value, rtol=1e-4, atol=1e-6), key
         changed += not torch.equal(initial[key], r0["params"][key])
     assert changed > 0, "DDP training left every parameter unchanged"
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ends_cleanly_when_the_last_step_is_a_checkpoint(tmp_path):
+    """The last step is a periodic checkpoint (``steps`` a multiple of ``checkpoint_every``): every
+    rank must skip fit's final save, or the others wait in a collective after rank 0 has left."""
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), 1), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert r0["saved"] and (tmp_path / "rank1.pt").is_file()
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names[-1] == f"step-{STEPS:06d}"

@@ -28,10 +28,18 @@ that its weights were trained with:
   axis-aligned). ``prepare`` computes that covariance and turns it back into a unit quaternion
   and scales (eigendecomposition), so any gshead rasterizer draws the official ellipsoids;
 * in driven frames the rotations stay fixed in the world (``drive`` only moves the means),
-  where ``sane`` carries them with their triangle.
+  where ``sane`` carries them with their triangle;
+* a FLAME **global pose** (``HeadParams.root``; GAGAvatar_track's ``posecode[:3]``) turns the
+  *mesh* about FLAME joint 0, as the official ``FLAMEModel`` LBS does: the expression Gaussians'
+  means are ``J0 + R (v - J0)`` (``J0`` the root joint of the frame's shaped mesh,
+  ``HeadMesh.joints[:, 0]``), their rotations stay world-fixed, the lifted plane Gaussians and the
+  camera do not move (``applies_root`` is true, so ``drive_frames`` leaves the root to the driver
+  instead of folding it into camera motion). Under ``sane`` the root is camera motion about
+  joint 0 like any head pose (``HeadParams.root_as_pose``): the whole head turns.
 
-Per frame (``drive``): one head-model evaluation for the frame's expression, jaw and eyes,
-one gather and a 3x3 rotation product per vertex. Nothing per frame depends on the encoder; the
+Per frame (``drive``): one head-model evaluation for the frame's expression, jaw and eyes
+(and, under ``compat: official``, its global pose about joint 0), one gather and a 3x3 rotation
+product per vertex. Nothing per frame depends on the encoder; the
 rig's latent is empty. Works with any head model (``procedural``, ``anny-head``, ``flame``):
 ``head_base`` has one row per vertex of the pipeline's head model.
 
@@ -58,6 +66,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+import roma
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -185,6 +194,22 @@ class ExpressionGaussiansDriver(nn.Module):
     def binding(self) -> MeshBinding:
         return MeshBinding(self.face_index, self.barycentric, self.offset)
 
+    @property
+    def applies_root(self) -> bool:
+        """Whether ``drive`` itself applies ``HeadParams.root`` (``compat: official``: only the mesh
+        turns, about joint 0); otherwise ``drive_frames`` makes it camera motion."""
+        return self.official
+
+    def _vertices(self, params: HeadParams) -> Tensor:
+        """The head model's vertices [B, V, 3] for ``params``, turned by ``params.root`` about the
+        root joint (``compat: official``; the official FLAME LBS with a global pose)."""
+        mesh = self.head_model(params.replace(root=None))
+        if params.root is None or not self.official:
+            return mesh.vertices
+        rot = roma.rotvec_to_rotmat(params.root.to(mesh.vertices.dtype))  # [B, 3, 3]
+        j0 = mesh.joints[:, :1]  # [B, 1, 3]
+        return j0 + (mesh.vertices - j0) @ rot.transpose(-1, -2)
+
     def attributes(self, global_token: Tensor, direction: Tensor) -> Gaussians:
         """Per-vertex Gaussians [1, V] (means zero) from ``global_token`` [1, G] and ``direction`` [1, 3]
         (the source camera's forward axis, ``forward_direction``); quaternions are in the world
@@ -215,7 +240,7 @@ class ExpressionGaussiansDriver(nn.Module):
             )
         hm = self.head_model
         g = self.attributes(features.global_token, forward_direction(camera.expand(1)))
-        verts = hm(source).vertices  # [1, V, 3] the source mesh
+        verts = self._vertices(source)  # [1, V, 3] the source mesh
         means, rest = posed_frames(self.binding, verts, hm.faces)  # [1, V, 3], [1, V, 3, 3]
         if self.official:  # the official rasterizer's covariance, as unit quaternions + scales; world-fixed
             quats, scales = official_covariance(g.quats, g.scales)
@@ -229,10 +254,10 @@ class ExpressionGaussiansDriver(nn.Module):
     def drive(self, avatar: Avatar, params: HeadParams) -> Gaussians:
         hm = self.head_model
         rig = avatar.rig
-        verts = hm(params).vertices  # [B, V, 3]
+        verts = self._vertices(params)  # [B, V, 3]
         means, frames = posed_frames(rig.binding, verts, hm.faces)  # [B, V, 3], [B, V, 3, 3]
         d = rig.dynamic
-        if self.official:  # GAGAvatar keeps the rotations fixed in the world
+        if self.official:  # GAGAvatar keeps the rotations fixed in the world, global pose or not
             return d.moved(means, d.quats.expand(means.shape[0], -1, -1))
         q = d.quats  # [1, V, 4] (w, x, y, z) in each triangle's frame
         local = quat_to_rotmat(q)  # [1, V, 3, 3]

@@ -16,7 +16,9 @@ basis, ``shapedirs[..., 300:300 + expression_dim]`` -> expression basis (names `
 ``[3V, 36]`` layouts are reshaped to it), ``J_regressor`` (dense) -> joint regressor,
 ``kintree_table[0]`` -> parents (root -1), ``weights`` -> skinning weights. Joints: global, neck,
 jaw (2), eye_left (3), eye_right (4). The global and neck joints are not driven (head pose is
-camera motion). Units are FLAME's: metres, y up, z out of the face.
+camera motion); FLAME's global pose (``HeadParams.root``) is applied about joint 0
+(``HeadMesh.joints[:, 0]``) by the pipeline or the driver, not here (``gshead.core.pipeline``).
+Units are FLAME's: metres, y up, z out of the face.
 
 Landmarks: the ``landmarks`` file if given (``flame_static_embedding.pkl`` 51 points,
 DECA's ``landmark_embedding.npy`` 68 points, ``mediapipe_landmark_embedding.npz`` 105 points),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 from pydantic import Field
@@ -41,6 +41,7 @@ class FrontalTrackerConfig(TrackerConfig):
     ``face_offset``; ``min_face_pixels`` is the smallest face the cascade looks for."""
 
     name: Literal["frontal"] = "frontal"
+    fits_motion: ClassVar[bool] = False  # every image gets the neutral face
     distance: float = Field(1.0, gt=0.0)
     """Distance from the camera to the head's centre (the world origin), in head-model units (metres)."""
     fov_degrees: float = Field(18.0, gt=0.0, lt=180.0)

@@ -36,6 +36,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 from pydantic import Field
@@ -44,8 +45,8 @@ from torch import Tensor, nn
 from gshead.core.components import BuildContext, HeadModel, LandmarkRigHead, TrackerConfig
 from gshead.core.errors import ConfigError, InputError, ShapeError
 from gshead.core.hookspecs import hookimpl
-from gshead.core.types import Camera, CropBox, HeadParams, Tracked
-from gshead.plugins.trackers._fit import fit_linear
+from gshead.core.types import Camera, CropBox, HeadParams, Located, Tracked
+from gshead.plugins.trackers._fit import JawRig, fit_linear
 
 MEDIAPIPE_POINTS = 478
 """Points of MediaPipe's face mesh with iris refinement (468 mesh + 2 x 5 iris)."""
@@ -76,11 +77,14 @@ MEDIAPIPE_LANDMARKS: dict[str, tuple[int, ...]] = {
 
 def mediapipe_indices(name: str) -> tuple[int, ...] | None:
     """MediaPipe face-mesh indices for a head-model landmark name: ``MEDIAPIPE_LANDMARKS``'s named
-    features, or ``mediapipe_NNN`` for a dense embedding of point NNN (``anny-head`` with
-    ``mediapipe_landmarks: true``); None when the name is neither."""
+    features, ``mediapipe_NNN`` for a dense embedding of point NNN (``anny-head`` with
+    ``mediapipe_landmarks: true``), or ``mpNNN`` (``flame`` with FLAME's
+    ``mediapipe_landmark_embedding.npz``); None when the name is none of these."""
     if name in MEDIAPIPE_LANDMARKS:
         return MEDIAPIPE_LANDMARKS[name]
     prefix, _, number = name.partition("_")
+    if prefix != "mediapipe" and name.startswith("mp"):
+        prefix, number = "mediapipe", name[2:]
     if prefix == "mediapipe" and number.isdigit() and int(number) < MEDIAPIPE_POINTS:
         return (int(number),)
     return None
@@ -141,6 +145,33 @@ _INSTALL_HINT = (
 )
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """File descriptor 2 pointed at /dev/null inside.
+
+    MediaPipe's C++ side (TFLite, glog) prints INFO and W lines straight to descriptor 2 when its
+    graphs are built and first run ("Created TensorFlow Lite XNNPACK delegate", "Feedback manager
+    requires ..."), which would break gshead's one-line errors. Python's ``sys.stderr`` is flushed
+    first; nothing of gshead's is written inside (errors are raised, not printed)."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 (embedded interpreters): nothing to quieten
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def _import_mediapipe():
     try:
         import mediapipe
@@ -153,8 +184,10 @@ def _to_uint8(image: Tensor):
     """[3, H, W] float in [0, 1] -> contiguous [H, W, 3] uint8 numpy array (MediaPipe's SRGB)."""
     import numpy as np
 
-    rgb = (image.detach().permute(1, 2, 0).clamp(0, 1) * 255).round().to("cpu", torch.uint8).numpy()
-    return np.ascontiguousarray(rgb)
+    # numpy, not torch: torch's thread pool made this 5-30x slower on a busy 2-core machine
+    planes = image.detach().to("cpu", torch.float32).numpy()  # [3, H, W]
+    levels = (np.clip(planes, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    return np.ascontiguousarray(levels.transpose(1, 2, 0))
 
 
 # ------------------------------------------------------------------------------------ the fit
@@ -200,6 +233,9 @@ def fit_landmarks(
     identity_weight: float = 1e-2,
     expression_weight: float = 1e-2,
     jaw_weight: float = 1e-1,
+    identity: Tensor | None = None,
+    start: HeadParams | None = None,
+    jaw_rig: Any = None,
 ) -> LandmarkFit:
     """Fit head pose, jaw, ``expressions`` and one shared identity to 2D landmarks.
 
@@ -219,8 +255,13 @@ def fit_landmarks(
     Head models with a landmark rig (``LandmarkRigHead``: procedural, anny-head, FLAME) take the fast path
     (``gshead.plugins.trackers._fit``): landmark rows only, identity fitted on up to 4 frames of
     the batch, then every frame's pose, jaw and expression with that identity, warm-started from
-    the nearest identity frame, with ``torch.func`` Jacobians. Other head models use the generic
-    path below (full forward passes, forward-mode AD).
+    the nearest identity frame, with analytic Jacobians (``_fit.JawRig``). Other head models use
+    the generic path below (full forward passes, forward-mode AD).
+
+    For a sequence (fast path only): ``identity`` [I] fixes the identity (no identity fit), and
+    ``start`` [1] or [B] gives every image's starting rotation, translation, jaw and expression
+    (the previous frame's fit) instead of the neutral head placed on the landmarks; ``jaw_rig``,
+    ``_fit.JawRig`` of that identity, the indices and expressions, saves building it again.
     """
     if targets.dim() != 3 or targets.shape[-1] != 2:
         raise ShapeError(f"fit_landmarks: expected targets [B, K, 2], got {list(targets.shape)}")
@@ -228,7 +269,7 @@ def fit_landmarks(
     with _one_thread():  # measured: 2 threads made the fast fit 5-10x slower on a shared 2-core box
         return _fit_landmarks(
             head_model, targets, camera, indices, expressions, iterations,
-            identity_weight, expression_weight, jaw_weight, fast,
+            identity_weight, expression_weight, jaw_weight, fast, identity, start, jaw_rig,
         )
 
 
@@ -243,6 +284,9 @@ def _fit_landmarks(
     expression_weight: float,
     jaw_weight: float,
     fast: bool,
+    identity: Tensor | None = None,
+    start: HeadParams | None = None,
+    jaw_rig: Any = None,
 ) -> LandmarkFit:
     b = targets.shape[0]
     dev = head_model.template.device
@@ -260,15 +304,30 @@ def _fit_landmarks(
         full = full.index_copy(1, expr_index, expr) if len(expr_index) else full
         return HeadParams(ident.expand(b, -1), full, jaw, neutral.eyes, rot, trans)
 
+    if fast and start is not None and identity is not None:  # a sequence: no placement, no identity fit
+        s = start.to(dev)
+        x0 = torch.cat([s.rotation, s.translation, s.jaw, s.expression[:, expr_index]], 1)
+        x0 = x0.float().expand(b, -1).clone()
+        with torch.no_grad():
+            x, z, proj = fit_linear(
+                head_model, targets, camera.world_to_camera.to(targets), camera.intrinsics.to(targets),
+                unit, indices, expr_index, x0, iterations, identity_weight, expression_weight, jaw_weight,
+                identity=identity, jaw_rig=jaw_rig,
+            )
+        rot, trans, jaw, expr = x.split([3, 3, 3, len(expr_index)], 1)
+        p = params_of(rot, trans, jaw, expr, z[None])
+        error = (proj - targets).square().sum(-1).mean(1).sqrt()
+        return LandmarkFit(params=p, camera=camera, projected=proj.detach(), error_px=error)
+
     # Initial translation from the landmarks' centroid and spread against the neutral head's.
     with torch.no_grad():
-        start = project_landmarks(head_model, neutral, camera)[:, indices]  # [B, K, 2]
+        placed = project_landmarks(head_model, neutral, camera)[:, indices]  # [B, K, 2]
         spread = lambda p: (p - p.mean(1, keepdim=True)).square().sum(-1).mean(1).sqrt()
-        ratio = (spread(targets) / spread(start).clamp_min(1e-6)).clamp(0.2, 5.0)
+        ratio = (spread(targets) / spread(placed).clamp_min(1e-6)).clamp(0.2, 5.0)
         d = camera.world_to_camera[:, 2, 3]  # distance of the frontal camera
         tz = d * (1.0 - 1.0 / ratio)
         f = camera.intrinsics[:, 0, 0]
-        shift = (targets.mean(1) - start.mean(1)) * ((d - tz) / f)[:, None]  # [B, 2] model units
+        shift = (targets.mean(1) - placed.mean(1)) * ((d - tz) / f)[:, None]  # [B, 2] model units
         trans0 = torch.stack([shift[:, 0], -shift[:, 1], tz], 1)  # image y is down, world y up
 
     k = targets.shape[1]
@@ -315,6 +374,7 @@ def _fit_landmarks(
             x, z, proj = fit_linear(
                 head_model, targets, camera.world_to_camera.to(targets), camera.intrinsics.to(targets),
                 unit, indices, expr_index, x0, iterations, identity_weight, expression_weight, jaw_weight,
+                identity=identity,
             )
         rot, trans, jaw, expr = x.split(sizes, 1)
         p = params_of(rot, trans, jaw, expr, z[None])
@@ -395,13 +455,19 @@ class MediapipeTracker(nn.Module):
         names = tuple(getattr(head, "landmark_names", ()))
         used = [n for n in names if mediapipe_indices(n) is not None]
         if len(used) < 6:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise ConfigError(
-                f"mediapipe: the head model has {len(used)} landmarks named like MEDIAPIPE_LANDMARKS "
-                f"(needs at least 6; its landmarks: {', '.join(names) or 'none'})"
+                f"mediapipe: the head model has {len(used)} landmarks with a MediaPipe correspondence "
+                f"(needs at least 6; its landmarks: {shown or 'none'}); give it MediaPipe's points "
+                "(anny-head: mediapipe_landmarks: true; flame: landmarks: mediapipe_landmark_embedding.npz)"
             )
         self.landmark_names = tuple(used)
         self._model_index = torch.tensor([names.index(n) for n in used], dtype=torch.long)
         self._mp_index = [mediapipe_indices(n) for n in used]
+        mean = torch.zeros(len(used), MEDIAPIPE_POINTS)  # [K, 478]: each row averages its points
+        for row, ix in enumerate(self._mp_index):
+            mean[row, list(ix)] = 1.0 / len(ix)
+        self._mp_mean = mean
         known = tuple(head.expression_names)
         if config.expressions is None:
             self.expressions = tuple(e for e in DEFAULT_EXPRESSIONS if e in known)
@@ -415,33 +481,55 @@ class MediapipeTracker(nn.Module):
     @functools.cached_property
     def _detector(self):
         mp = _import_mediapipe()
-        return mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=self.config.min_confidence
-        )
+        with _native_stderr_quiet():
+            return mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=self.config.min_confidence
+            )
 
     @functools.cached_property
     def _mesh(self):
         mp = _import_mediapipe()
-        return mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True,
-            max_num_faces=4,
-            refine_landmarks=True,
-            min_detection_confidence=self.config.min_confidence,
-        )
+        with _native_stderr_quiet():
+            return mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True,
+                max_num_faces=4,
+                refine_landmarks=True,
+                min_detection_confidence=self.config.min_confidence,
+            )
 
     def detect_faces(self, image: Tensor) -> list[tuple[float, float, float]]:
-        """Face boxes (left, top, side) in pixels of ``image`` [1, 3, H, W], largest first."""
+        """Face boxes (left, top, side) in pixels of ``image`` [1, 3, H, W], largest first.
+
+        MediaPipe's detector sees the image at 192x192, so it misses faces under about 7% of the
+        image side. An image longer than ``TILE_SIDE * 1.5`` in which it finds no face is searched
+        again in overlapping ``TILE_SIDE``-px tiles (stride 3/4 of a tile), which finds faces
+        from about 70 px up (``tile_min_face``); boxes found twice are merged."""
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise ShapeError(f"mediapipe: expected one image [1, 3, H, W], got {list(image.shape)}")
         h, w = image.shape[-2:]
-        result = self._detector.process(_to_uint8(image[0]))
+        rgb = _to_uint8(image[0])
+        boxes = self._detect(rgb, 0, 0)
+        if not boxes and max(h, w) > 1.5 * TILE_SIDE:
+            stride = TILE_SIDE * 3 // 4
+            for top in _tile_starts(h, TILE_SIDE, stride):
+                for left in _tile_starts(w, TILE_SIDE, stride):
+                    tile = rgb[top : top + TILE_SIDE, left : left + TILE_SIDE]
+                    boxes += self._detect(np.ascontiguousarray(tile), left, top)
+            boxes = _merge_boxes(boxes)
+        return sorted(boxes, key=lambda b: -b[2])
+
+    def _detect(self, rgb: Any, left: int, top: int) -> list[tuple[float, float, float]]:
+        """The detector's boxes in an [H, W, 3] uint8 array, shifted by (left, top)."""
+        h, w = rgb.shape[:2]
+        with _native_stderr_quiet():
+            result = self._detector.process(rgb)
         boxes = []
         for det in result.detections or ():
             r = det.location_data.relative_bounding_box
             bw, bh = r.width * w, r.height * h
             side = (bw + bh) / 2
-            boxes.append((r.xmin * w + (bw - side) / 2, r.ymin * h + (bh - side) / 2, side))
-        return sorted(boxes, key=lambda b: -b[2])
+            boxes.append((left + r.xmin * w + (bw - side) / 2, top + r.ymin * h + (bh - side) / 2, side))
+        return boxes
 
     def crop_box(self, image: Tensor) -> CropBox | None:
         """A square around the largest face, sized and placed like the frontal tracker's.
@@ -456,6 +544,12 @@ class MediapipeTracker(nn.Module):
             )
             return None
         if not faces:
+            if max(h, w) > 1.5 * TILE_SIDE:
+                raise InputError(
+                    f"mediapipe: no face found in the {w}x{h} image, searched whole and in {TILE_SIDE}-px "
+                    f"tiles (expected a face at least {max(tile_min_face(), self.config.min_face_pixels)} "
+                    "px wide; crop the image closer to the face)"
+                )
             raise InputError(
                 f"mediapipe: no face found in the {w}x{h} image (expected a face at least "
                 f"{self.config.min_face_pixels} px wide)"
@@ -472,17 +566,23 @@ class MediapipeTracker(nn.Module):
         crop = self.config.face_scale * side
         return CropBox(cx - crop / 2, cy - crop / 2, crop)
 
-    def detect_landmarks(self, images: Tensor, missing: Literal["error", "nan"] = "error") -> Tensor:
+    def detect_landmarks(
+        self, images: Tensor, missing: Literal["error", "nan"] = "error", mesh: Any = None
+    ) -> Tensor:
         """MediaPipe's 478 landmarks [B, 478, 2] in pixels of each image (the largest face).
 
         An image without a face mesh raises ``InputError`` naming it, or with ``missing='nan'``
-        gets NaN landmarks.
+        gets NaN landmarks. ``mesh``: the MediaPipe face mesh to use (default: this tracker's,
+        in static-image mode; a ``sequence()`` passes its own, in video mode).
         """
         _check_batch(images)
         b, _, h, w = images.shape
+        mesh = self._mesh if mesh is None else mesh
         out = torch.empty(b, MEDIAPIPE_POINTS, 2)
         for i in range(b):
-            result = self._mesh.process(_to_uint8(images[i]))
+            rgb = _to_uint8(images[i])
+            with _native_stderr_quiet():
+                result = mesh.process(rgb)
             faces = result.multi_face_landmarks or ()
             if not faces and missing == "nan":
                 out[i] = float("nan")
@@ -492,26 +592,57 @@ class MediapipeTracker(nn.Module):
                     f"mediapipe: no face landmarks found in image {i} of {b} ({w}x{h}); "
                     "expected a crop around one face"
                 )
-            pts = [torch.tensor([(p.x * w, p.y * h) for p in f.landmark]) for f in faces]
+            pts = [_mesh_points(f, w, h) for f in faces]
             sizes = [float((p.max(0).values - p.min(0).values).prod()) for p in pts]
-            best = pts[max(range(len(pts)), key=sizes.__getitem__)]
-            if best.shape[0] != MEDIAPIPE_POINTS:
-                raise InputError(f"mediapipe: expected {MEDIAPIPE_POINTS} landmarks, got {best.shape[0]}")
-            out[i] = best
+            out[i] = pts[max(range(len(pts)), key=sizes.__getitem__)]
         return out
 
     def landmark_targets(self, mediapipe_points: Tensor) -> Tensor:
         """The head-model landmarks' targets [B, K, 2] from MediaPipe points [B, 478, 2]."""
-        return torch.stack([mediapipe_points[:, list(ix)].mean(1) for ix in self._mp_index], 1)
+        return self._mp_mean.to(mediapipe_points) @ mediapipe_points  # NaN rows stay NaN
 
     # -- fitting --------------------------------------------------------------------------
     def track_with_error(self, images: Tensor) -> tuple[Tracked, Tensor]:
         """``track`` plus the RMS landmark reprojection error of each image [B], in pixels."""
+        tracked, error, _ = self.fit_images(images)
+        return tracked, error
+
+    def sequence(self) -> MediapipeSequence:
+        """A tracker for the frames of one video, in order (see ``MediapipeSequence``)."""
+        return MediapipeSequence(self)
+
+    def fit_images(
+        self,
+        images: Tensor,
+        mesh: Any = None,
+        identity: Tensor | None = None,
+        start: HeadParams | None = None,
+    ) -> tuple[Tracked, Tensor, LandmarkFit | None]:
+        """``track_with_error`` with the fit's details: (tracked [B], errors [B], the fit of the
+        images with a face or None when none has one). ``mesh``, ``identity`` and ``start`` as in
+        ``detect_landmarks`` and ``fit_landmarks`` (a known identity is used only by head models
+        with a landmark rig)."""
         _check_batch(images)
-        b, _, h, w = images.shape
+        _, _, h, w = images.shape
+        missing = "nan" if self.config.no_face == "neutral" else "error"
+        points = self.detect_landmarks(images, missing, mesh)  # [B, 478, 2]
+        tracked, error, fit = self.fit_mediapipe_points(points, w, h, identity, start)
+        return tracked.replace(camera=tracked.camera.to(images.dtype)).to(images.device), error, fit
+
+    def fit_mediapipe_points(
+        self,
+        points: Tensor,
+        width: int,
+        height: int,
+        identity: Tensor | None = None,
+        start: HeadParams | None = None,
+        jaw_rig: Any = None,
+    ) -> tuple[Tracked, Tensor, LandmarkFit | None]:
+        """The head-model fit of MediaPipe points [B, 478, 2] (pixels of ``width`` x ``height``
+        images, NaN rows: no face) as in ``fit_images``; float32 on the CPU."""
+        b, w, h = points.shape[0], width, height
         c = self.config
-        missing = "nan" if c.no_face == "neutral" else "error"
-        targets = self.landmark_targets(self.detect_landmarks(images, missing))  # [B, K, 2]
+        targets = self.landmark_targets(points)  # [B, K, 2]
         found = torch.isfinite(targets).all(2).all(1)  # [B]
         head = self._head[0]
         params = head.neutral(b).to("cpu")
@@ -535,6 +666,9 @@ class MediapipeTracker(nn.Module):
                 c.identity_weight,
                 c.expression_weight,
                 c.jaw_weight,
+                identity if isinstance(head, LandmarkRigHead) else None,
+                start,
+                jaw_rig,
             )
             fields = {k: v.clone() for k, v in params.tensors().items()}
             for k, v in fit.params.tensors().items():
@@ -542,14 +676,193 @@ class MediapipeTracker(nn.Module):
             fields["identity"][:] = fit.params.identity[:1].to(fields["identity"])  # one person
             params = HeadParams(**fields)
             error[keep] = fit.error_px.cpu()
-        cam = Camera.frontal(c.distance, c.fov_degrees, w, h, b, dtype=images.dtype)
-        return Tracked(params=params.to(images.device), camera=cam.to(images.device)), error
+        else:
+            fit = None
+        cam = Camera.frontal(c.distance, c.fov_degrees, w, h, b)
+        return Tracked(params=params, camera=cam), error, fit
 
     def track(self, images: Tensor) -> Tracked:
         return self.track_with_error(images)[0]
 
     def forward(self, images: Tensor) -> Tracked:
         return self.track(images)
+
+
+class MediapipeSequence:
+    """The ``mediapipe`` tracker following one video (``MediapipeTracker.sequence()``).
+
+    Frames must come in order. Compared with tracking each image on its own:
+
+    - MediaPipe's face mesh runs in video mode (one face; it re-detects only when it loses the
+      face, and otherwise follows the previous frame's landmarks), not static-image mode;
+    - the identity is fitted once, on the first call's frames (jointly, see ``fit_landmarks``),
+      and kept for the rest of the sequence (head models with a landmark rig);
+    - every later frame's pose, jaw and expression start from the last fitted frame's.
+
+    Face boxes and crops are the tracker's own (``detect_faces``, ``crop_box``).
+    """
+
+    def __init__(self, tracker: MediapipeTracker) -> None:
+        self._tracker = tracker
+        self.config = tracker.config
+        self.identity: Tensor | None = None  # [I] once the first frames are fitted
+        self._last: HeadParams | None = None  # [1] the last fitted frame
+        self._calibration: tuple[float, float, float] | None = None  # see locate
+        self._rig: Any = None  # _fit.JawRig of the identity, built on first use
+
+    @functools.cached_property
+    def _mesh(self):
+        """The face mesh in video mode, for crops of consecutive frames (``track_with_error``)."""
+        return _video_mesh(self.config.min_confidence)
+
+    def detect_faces(self, image: Tensor) -> list[tuple[float, float, float]]:
+        return self._tracker.detect_faces(image)
+
+    def crop_box(self, image: Tensor) -> CropBox | None:
+        return self._tracker.crop_box(image)
+
+    def track_with_error(self, images: Tensor) -> tuple[Tracked, Tensor]:
+        tracked, error, fit = self._tracker.fit_images(images, self._mesh, self.identity, self._last)
+        self._remember(fit)
+        return tracked, error
+
+    # -- whole frames (FrameLandmarker) ------------------------------------------------------
+    @functools.cached_property
+    def _frame_mesh(self):
+        """Another, for whole frames (``locate``): each graph follows its own stream."""
+        return _video_mesh(self.config.min_confidence)
+
+    def locate(self, frame: Tensor) -> Located | None:
+        """MediaPipe's 478 points on the whole ``frame`` [1, 3, H, W] (video mode: it follows the
+        face from the previous frame's landmarks), and a face box like the detector's.
+
+        The box is the points' bounding square moved and scaled by a calibration measured
+        against ``detect_faces`` on the first frame with a face (and again after the face was
+        lost), so crops match those of the per-frame detector; the detector's face count is
+        reported on those frames (0 on the others)."""
+        if frame.dim() != 4 or frame.shape[:2] != (1, 3):
+            raise ShapeError(f"mediapipe: expected one frame [1, 3, H, W], got {list(frame.shape)}")
+        h, w = frame.shape[-2:]
+        rgb = _to_uint8(frame[0])
+        with _native_stderr_quiet():
+            result = self._frame_mesh.process(rgb)
+        meshes = result.multi_face_landmarks or ()
+        if not meshes:
+            self._calibration = None
+            return None
+        points = _mesh_points(meshes[0], w, h)
+        lo, hi = points.min(0).values, points.max(0).values
+        centre, extent = (lo + hi) / 2, float((hi - lo).max().clamp_min(1.0))
+        seen = 0
+        if self._calibration is None:
+            boxes = self._tracker.detect_faces(frame)
+            seen = len(boxes)
+            self._calibration = _box_calibration(boxes, centre, extent)
+        dx, dy, ratio = self._calibration
+        side = ratio * extent
+        cx, cy = float(centre[0]) + dx * extent, float(centre[1]) + dy * extent
+        return Located(face=(cx - side / 2, cy - side / 2, side), points=points, faces=seen)
+
+    def fit_points(self, points: Tensor, size: int) -> tuple[Tracked, Tensor]:
+        """Fit MediaPipe points [B, 478, 2] given in pixels of ``size`` x ``size`` crops."""
+        tracked, error, fit = self._tracker.fit_mediapipe_points(
+            points, size, size, self.identity, self._last, self._jaw_rig()
+        )
+        self._remember(fit)
+        return tracked, error
+
+    def _jaw_rig(self) -> Any:
+        """The per-frame rig of the sequence's identity (built once, when the identity is known)."""
+        if self.identity is None or not isinstance(self._tracker._head[0], LandmarkRigHead):
+            return None
+        if self._rig is None:
+            head, tracker = self._tracker._head[0], self._tracker
+            names = tuple(head.expression_names)
+            expr_index = torch.tensor([names.index(e) for e in tracker.expressions], dtype=torch.long)
+            dev = head.template.device
+            rig = head.landmark_rig(tracker._model_index.to(dev))
+            self._rig = JawRig(rig.with_identity(self.identity.to(dev), head.identity_dim + expr_index.to(dev)))
+        return self._rig
+
+    def _remember(self, fit: LandmarkFit | None) -> None:
+        if fit is None:
+            return
+        if self.identity is None and isinstance(self._tracker._head[0], LandmarkRigHead):
+            self.identity = fit.params.identity[0].detach().clone()
+        self._last = fit.params.select(fit.params.batch_size - 1)
+
+    def track(self, images: Tensor) -> Tracked:
+        return self.track_with_error(images)[0]
+
+
+def _video_mesh(confidence: float):
+    """MediaPipe's face mesh in video mode for one face (it re-detects only when it loses it)."""
+    mp = _import_mediapipe()
+    with _native_stderr_quiet():
+        return mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=False,
+            max_num_faces=1,
+            refine_landmarks=True,
+            min_detection_confidence=confidence,
+            min_tracking_confidence=confidence,
+        )
+
+
+FACE_BOX_OF_POINTS = (0.0073, -0.0432, 0.978)
+"""(dx, dy, ratio): the face box of MediaPipe's 478 points when the detector finds no face to
+calibrate against: centre moved by (dx, dy) and side scaled by ratio, in units of the points'
+bounding-square side. Measured on scikit-image's astronaut (see ``_box_calibration``)."""
+
+
+def _box_calibration(
+    boxes: list[tuple[float, float, float]], centre: Tensor, extent: float
+) -> tuple[float, float, float]:
+    """(dx, dy, ratio) mapping the points' bounding square (``centre`` [2], side ``extent``) onto
+    the detector's face box nearest to it; ``FACE_BOX_OF_POINTS`` without one."""
+    if not boxes:
+        return FACE_BOX_OF_POINTS
+    cx, cy = float(centre[0]), float(centre[1])
+    left, top, side = min(boxes, key=lambda b: (b[0] + b[2] / 2 - cx) ** 2 + (b[1] + b[2] / 2 - cy) ** 2)
+    return ((left + side / 2 - cx) / extent, (top + side / 2 - cy) / extent, side / extent)
+
+
+def _mesh_points(face: Any, width: int, height: int) -> Tensor:
+    """One MediaPipe face mesh result as [478, 2] pixels."""
+    import numpy as np
+
+    xy = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32)  # [478, 2] normalised
+    if xy.shape[0] != MEDIAPIPE_POINTS:
+        raise InputError(f"mediapipe: expected {MEDIAPIPE_POINTS} landmarks, got {xy.shape[0]}")
+    return torch.from_numpy(xy * np.array([width, height], dtype=np.float32))
+
+
+TILE_SIDE = 1024
+"""Side of the tiles a large image is searched in when the whole image shows no face (pixels)."""
+
+
+def tile_min_face() -> int:
+    """About the smallest face the tiled search finds: 7% of a tile (measured: a 104-px face is
+    found on a 1536-px canvas, not on a 2048-px one)."""
+    return round(0.07 * TILE_SIDE)
+
+
+def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Offsets of tiles covering ``length`` pixels, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def _merge_boxes(boxes: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """Boxes found in several overlapping tiles, once: a box whose centre lies in a larger kept
+    box is dropped."""
+    kept: list[tuple[float, float, float]] = []
+    for left, top, side in sorted(boxes, key=lambda b: -b[2]):
+        cx, cy = left + side / 2, top + side / 2
+        if not any(kl <= cx <= kl + ks and kt <= cy <= kt + ks for kl, kt, ks in kept):
+            kept.append((left, top, side))
+    return kept
 
 
 def _check_batch(images: Tensor) -> None:
