@@ -40,6 +40,7 @@ from gshead.benchmarking import (
     markdown_table,
     parameter_counts,
     pipeline_config,
+    portrait_crop,
     to_device,
     with_tiny_encoder,
 )
@@ -153,15 +154,13 @@ def build(name: str, device: str = "cpu") -> Built:
     if key not in _BUILT:
         from gshead.io.motion import demo_motion
         from gshead.core.pipeline import Pipeline
-        from gshead.testing import sample_image
-
         path, overrides, _ = PIPELINES[name]
         data = pipeline_config(REPO / path, **overrides)
         if SETTINGS.tiny_encoders:
             data = with_tiny_encoder(data)
         pipe = Pipeline.from_dict(data)
         to_device(pipe, device)
-        image = sample_image(pipe.config.source_size).to(device)
+        image = portrait_crop(pipe, device)
         avatar = pipe.reconstruct(image)
         motion = demo_motion(pipe.head_model, 40).to(device)
         frames = [motion.select(slice(i, i + 1)) for i in range(motion.batch_size)]

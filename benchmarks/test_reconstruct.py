@@ -47,15 +47,15 @@ def test_reconstruct(benchmark, name, device):
 @pytest.mark.benchmark(group="reconstruct")
 @pytest.mark.parametrize("variant", SETTINGS.encoder_sizes)
 def test_reconstruct_by_encoder_size(benchmark, variant):
+    from gshead.benchmarking import portrait_crop
     from gshead.core.pipeline import Pipeline
-    from gshead.testing import sample_image
 
     data = pipeline_config(REPO / SETTINGS.encoder_size_pipeline)
     data["encoder"] = {**data["encoder"], "variant": variant}
     if "weights" in data["encoder"]:
         data["encoder"]["weights"] = None  # random weights: one checkpoint cannot fit every variant
     pipe = Pipeline.from_dict(data)
-    image = sample_image(pipe.config.source_size)
+    image = portrait_crop(pipe)
     counts = parameter_counts(pipe)
     benchmark.group = "reconstruct by encoder size (cpu)"
     benchmark.extra_info.update(

@@ -102,6 +102,11 @@ def test_tracking_per_frame(benchmark, monkeypatch):
     seq = benchmark.pedantic(run, args=(video,), rounds=1, iterations=1, warmup_rounds=0)
     longs = [timed_run(video) for _ in range(rounds)]
     assert seq.valid.all() and (seq.fit_error < 0.02 * 512).all()
+    # accuracy on the same run: the tracked head roll follows the known in-plane roll of the video
+    truth = torch.tensor([15.0 * math.sin(2 * math.pi * i / max(FRAMES, 2)) for i in range(FRAMES)], dtype=torch.float64)
+    roll = torch.rad2deg(seq.params.rotation[:, 2]).double()
+    roll_corr = float(torch.corrcoef(torch.stack([roll, truth]))[0, 1])
+    assert roll_corr >= 0.95, roll_corr
 
     def median(values):
         values = sorted(values)
@@ -127,6 +132,7 @@ def test_tracking_per_frame(benchmark, monkeypatch):
             "rest ms": round(1e3 * (per_frame - parts["mediapipe"] - parts["fit"]), 1),
             "frames/s": round(fps, 1),
             "median fit error px": round(float(seq.fit_error.median()), 3),
+            "roll correlation": round(roll_corr, 4),
         },
     )
     if SETTINGS.mode == "full" and getattr(benchmark, "stats", None) is not None:

@@ -229,6 +229,14 @@ def bench_settings(mode: str | None = None) -> BenchSettings:
     return settings
 
 
+def portrait_crop(pipeline, device: str = "cpu"):
+    """The built-in portrait (scikit-image's astronaut) cropped by ``pipeline``'s tracker at its
+    source size, [1, 3, S, S] on ``device``: landmark trackers need a real face to reconstruct."""
+    from gshead.io.media import read_image
+
+    return pipeline.prepare_image(read_image("example:astronaut")).to(device)
+
+
 # -- pipelines ----------------------------------------------------------------------------------
 def pipeline_config(path: str | Path, registry=None, **slots: Any) -> dict[str, Any]:
     """The pipeline YAML at ``path``, validated, as a plain dict with ``slots`` replaced

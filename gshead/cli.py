@@ -24,7 +24,22 @@ from gshead.commands._errors import (
     _safetensors_message,
 )
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
+__all__ = ["COMMAND_ORDER", "EXIT_ERROR", "EXIT_INTERRUPTED", "QUICK_START", "build_parser", "main"]
+
+QUICK_START = (
+    "# an avatar from the built-in portrait, with the shipped trained weights and 100 fitting steps\n"
+    "gshead reconstruct example:astronaut -o astronaut.safetensors --weights builtin:default --fit-steps 100\n"
+    "# drive it with the demo motion into a video\n"
+    "gshead reenact astronaut.safetensors --driver demo -o astronaut.mp4"
+)
+"""The two-command quick start at the end of ``gshead --help`` (the README's main job)."""
+
+COMMAND_ORDER = (
+    "reconstruct", "reenact", "live", "track", "view", "export", "eval",
+    "import", "data", "train", "ablate", "bench",
+    "headmodel", "plugins", "config",
+)  # fmt: skip
+"""The subcommands in the order ``gshead --help`` lists them (the workflow; see ``build_parser``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,14 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
         view,
     )
     from gshead.commands import eval as eval_
+    from gshead.commands._help import Formatter, examples_epilog
 
-    parser = argparse.ArgumentParser(prog="gshead", description="One-shot 3D Gaussian head avatars.")
+    parser = argparse.ArgumentParser(
+        prog="gshead",
+        description="One-shot 3D Gaussian head avatars: build an avatar from one portrait, drive it "
+        "with a demo motion, a video, a tracked sequence or ARKit curves, look at it and export it.",
+        epilog=examples_epilog(QUICK_START, title="quick start")
+        + "\n\n'gshead COMMAND --help' shows a command's options and examples.",
+        formatter_class=Formatter,
+    )
     parser.add_argument("--version", action="version", version=f"gshead {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # The order of ``gshead --help``.
+    # The order of ``gshead --help`` is the workflow: make an avatar and use it (reconstruct,
+    # reenact, live; track makes driving sequences; view and export look at it and take it
+    # elsewhere), measure it (eval), weights and training (import, data, train, ablate, bench),
+    # then the inspection tools (headmodel, plugins, config).
     commands = (
-        plugins, config, reconstruct, reenact, live, headmodel, importers, bench,
-        track, train, data, ablate, export, eval_, view,
+        reconstruct, reenact, live, track, view, export, eval_,
+        importers, data, train, ablate, bench,
+        headmodel, plugins, config,
     )  # fmt: skip
     for command in commands:
         command.add_parser(sub)

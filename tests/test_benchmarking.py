@@ -29,7 +29,7 @@ from gshead.benchmarking import (
 from gshead.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("rasterize", "drive", "refine", "reconstruct", "end-to-end", "tracker-speed", "live")
+STAGES = ("rasterize", "drive", "refine", "reconstruct", "end-to-end", "tracker-speed", "live", "viewer-latency")
 
 _COLLECT = """
 import json, sys

@@ -392,7 +392,8 @@ def test_view_serves_http(readme_run, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "gshead", "view", "astronaut.safetensors", "--port", str(port), "--save-dir", str(tmp_path)]
+    argv = [sys.executable, "-m", "gshead", "view", "astronaut.safetensors", "--port", str(port), "--save-dir", str(tmp_path),
+            "--driver", "demo", "--frames", "8"]  # fmt: skip
     process = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline, status = time.monotonic() + 60, None

@@ -83,10 +83,11 @@ def test_covariances_match_scaled_rotation_reference():
 
 
 def test_sliders_repose_the_scene_and_save_frames(loaded, tmp_path):
-    from gshead.viewer import AvatarViewer
+    from gshead.viewer import VIEWS, AvatarViewer
 
     viewer = AvatarViewer(loaded, port=_free_port(), save_dir=tmp_path)
     try:
+        viewer.set_view(VIEWS[1])  # the raw Gaussians follow the sliders in their view
         before = viewer.splats.centers.copy()
         first = viewer.save_frame()
         viewer.sliders["yaw"].value = 30.0  # what a browser drag does, through the same callback
@@ -96,10 +97,63 @@ def test_sliders_repose_the_scene_and_save_frames(loaded, tmp_path):
         second = viewer.save_frame()
         assert [p.name for p in (first, second)] == ["frame-0001.png", "frame-0002.png"]
         a, b = (np.asarray(__import__("PIL.Image").Image.open(p)).astype(float) for p in (first, second))
-        assert a.shape == b.shape == (loaded.config.render_size, loaded.config.render_size, 3)
+        size = max(256, loaded.config.render_size)  # saved at the viewer's render size
+        assert a.shape == b.shape == (size, size, 3) and viewer.render_size == size
         assert np.abs(a - b).mean() > 1.0
         viewer.reset()
         np.testing.assert_allclose(viewer.splats.centers, before, atol=1e-5)
+    finally:
+        viewer.close()
+
+
+def test_the_main_view_is_the_real_render_and_follows_the_sliders(loaded, tmp_path):
+    """The background is the driving session's output: with every slider at zero it is the
+    portrait as fitted (the source-view render), a slider move re-renders, and all angles are
+    degrees (jaw 20 degrees is 20 degrees of jaw)."""
+    import math
+
+    from gshead.viewer import AvatarViewer
+
+    viewer = AvatarViewer(loaded, port=_free_port(), save_dir=tmp_path, render_size=48)
+    try:
+        assert viewer.wait_rendered(0)
+        source = loaded.session(render_size=48).render(loaded.avatar.source)[0]
+        expected = (source.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(viewer.last_frame, expected)
+        done = viewer.rendered
+        viewer.sliders["jaw"].value = 20.0
+        assert viewer.wait_rendered(done)
+        assert torch.allclose(viewer.params().jaw[0, 0], torch.tensor(math.radians(20.0)) + loaded.avatar.source.jaw[0, 0], atol=1e-5)
+        while viewer.wait_rendered(viewer.rendered, timeout=0.5):  # let the newest state land
+            pass
+        now = loaded.session(render_size=48).render(viewer.params())[0]
+        np.testing.assert_array_equal(viewer.last_frame, (now.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+        assert (viewer.last_frame != expected).any()  # the jaw moved the render
+        assert math.isfinite(viewer.last_render_ms)
+    finally:
+        viewer.close()
+
+
+def test_playback_of_a_driver_advances_frames(loaded, tmp_path):
+    from gshead.io.motion import demo_motion
+    from gshead.jobs.driving import relative_to_source
+    from gshead.viewer import AvatarViewer, Playback
+
+    demo = demo_motion(loaded.head_model, 12)
+    params = relative_to_source(demo, loaded.avatar.source, loaded.head_model.neutral(1))
+    viewer = AvatarViewer(loaded, port=_free_port(), save_dir=tmp_path, render_size=32, playback=Playback(params, 25.0, "demo"))
+    try:
+        viewer.wait_rendered(0)
+        start = viewer.rendered
+        viewer.toggle_play()
+        for _ in range(200):
+            if viewer.rendered >= start + 5:
+                break
+            viewer.wait_rendered(viewer.rendered, timeout=1.0)
+        viewer.toggle_play()
+        assert viewer.rendered >= start + 5 and viewer.frame_index != 0
+        shown = viewer.frame_index
+        assert torch.equal(viewer.params().jaw, params.select(shown).jaw)  # the playback frame is shown
     finally:
         viewer.close()
 

@@ -199,7 +199,7 @@ class GridWriter:
         return self
 
     def write(self, frames: Tensor) -> None:
-        """Append frames [B, 3, H, W] in [0, 1]."""
+        """Append frames [B, 3, H, W] (or [B, 4, H, W] with alpha) in [0, 1]."""
         self._frames.append(frames.detach().float().cpu())
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -212,7 +212,8 @@ class GridWriter:
 
         if not self._frames:
             raise InputError(f"{self.path}: no frames were rendered; a grid needs at least one frame")
-        grid = tile_grid(torch.cat(self._frames), self.columns)  # [3, H, W]
+        grid = tile_grid(torch.cat(self._frames), self.columns)  # [3 or 4 (RGBA), H, W]
         pixels = (grid.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
         with atomic_output(self.path) as tmp:
-            Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
+            Image.fromarray(np.ascontiguousarray(pixels), mode=mode).save(tmp, format="PNG")

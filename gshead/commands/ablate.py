@@ -125,7 +125,20 @@ def cmd_ablate(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``ablate MATRIX.yaml -o DIR`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("ablate", help="run an ablation matrix of pipeline variants (tables and plots)")
+    from gshead.commands._help import doc
+
+    p = subparsers.add_parser(
+        "ablate", help="run an ablation matrix of pipeline variants (tables and plots)",
+        **doc(
+            "Run every pipeline variant of an ablation matrix: parameter counts, reconstruction time, "
+            "driving FPS, the contract check and optional short training, as CSV/markdown tables and "
+            "plots in DIR. Reruns resume; exit status 1 when any variant failed (docs/ablate.md).",
+            "# list the variants and write their pipelines, run nothing\n"
+            "gshead ablate configs/ablations/refiner.yaml -o runs/refiner --dry-run",
+            "# run them, two at a time\n"
+            "gshead ablate configs/ablations/refiner.yaml -o runs/refiner --workers 2",
+        ),
+    )  # fmt: skip
     p.add_argument("matrix", metavar="MATRIX.yaml", help="ablation matrix (see configs/ablations/)")
     p.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="results folder (created; reruns resume)"

@@ -18,9 +18,21 @@ def cmd_config_schema(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``config schema`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("config", help="pipeline config tools")
+    from gshead.commands._help import doc
+
+    p = subparsers.add_parser(
+        "config", help="pipeline config tools",
+        **doc("Tools for pipeline config YAML files.", "gshead config schema"),
+    )
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    s = csub.add_parser("schema", help="print the pipeline JSON schema (for editors)")
+    s = csub.add_parser(
+        "schema", help="print the pipeline JSON schema (for editors)",
+        **doc(
+            "Print the JSON schema of a pipeline YAML on stdout, with every registered component's "
+            "config fields (point an editor's YAML language server at it).",
+            "gshead config schema",
+        ),
+    )  # fmt: skip
     s.set_defaults(func=cmd_config_schema)
 
 

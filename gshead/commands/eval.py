@@ -32,6 +32,8 @@ dataset when no IMAGE follows it; ``./portraits`` always names the folder.
 
 from __future__ import annotations
 
+from gshead.commands._help import WEIGHTS_HELP
+
 import sys
 from pathlib import Path
 
@@ -290,11 +292,24 @@ def _cmd_eval_dataset(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``eval DATASET ...`` and ``eval portraits IMAGE...`` to the ``gshead`` subcommands."""
+    from gshead.commands._help import doc
+
     p = subparsers.add_parser(
         "eval",
         help="self- and cross-reenactment metrics of a pipeline on a dataset, or an independent judge "
         "on real portraits (eval portraits IMAGE...)",
         usage="gshead eval [-h] DATASET [options]\n       gshead eval portraits IMAGE [IMAGE ...] [options]",
+        **doc(
+            "On a dataset (written by 'gshead data'): self- and cross-reenactment PSNR, SSIM, LPIPS, "
+            "CSIM, AED, APD and AKD as markdown/CSV/JSON tables (metrics without local weights show -). "
+            "'eval portraits IMAGE...': real portraits without ground truth, each avatar driven and "
+            "orbited and measured by an independent judge (dlib; the judge extra), with a contact sheet "
+            "per portrait.",
+            "# the held-out check of the shipped weights (self-reenactment, no landmark tracker)\n"
+            "gshead eval data/synth --protocol self --tracker none --baseline --weights builtin:default -o eval",
+            "# real portraits, fitted for 100 steps first\n"
+            "gshead eval portraits example:astronaut -o eval-astro --weights builtin:default --fit-steps 100",
+        ),
     )
     p.add_argument(
         "dataset", metavar="DATASET",
@@ -305,35 +320,38 @@ def add_parser(subparsers) -> None:
         "images", nargs="*", metavar="IMAGE",
         help="with 'portraits': portrait image files, or example:astronaut",
     )  # fmt: skip
-    p.add_argument("--pipeline", help="pipeline YAML (default: the embedded default)")
-    p.add_argument("--weights", help="pipeline-weights file for this pipeline")
+    p.add_argument("--pipeline", metavar="YAML", help="pipeline YAML (default: the embedded default)")
+    p.add_argument(
+        "--weights", metavar="WEIGHTS",
+        help=WEIGHTS_HELP,
+    )  # fmt: skip
     p.add_argument(
         "--split", default="test", choices=("train", "val", "test"), help="dataset split (default test)"
     )
     p.add_argument(
         "--protocol", default="both", choices=tuple(PROTOCOLS), help="which protocols (default both)"
     )
-    p.add_argument("--targets", type=int, default=4, help="target frames per sample (default 4)")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate at most N samples per protocol")
-    p.add_argument("--seed", type=int, default=0, help="seed of the source/target frame choice (default 0)")
+    p.add_argument("--targets", type=int, default=4, metavar="N", help="target frames per sample (default 4)")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="evaluate at most N samples per protocol")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the source/target frame choice (default 0)")
     p.add_argument(
-        "--lpips-backbone", metavar="VGG_PATH", help="VGG16 weights (torchvision layout) for LPIPS"
+        "--lpips-backbone", metavar="FILE", help="VGG16 weights (torchvision layout) for LPIPS"
     )
     p.add_argument(
-        "--lpips-lin", metavar="LIN_PATH", help="LPIPS lin-layer weights (the lpips package's vgg.pth)"
+        "--lpips-lin", metavar="FILE", help="LPIPS lin-layer weights (the lpips package's vgg.pth)"
     )
-    p.add_argument("--identity-model", metavar="PATH", help="ArcFace IResNet state dict for CSIM")
+    p.add_argument("--identity-model", metavar="FILE", help="ArcFace IResNet state dict for CSIM")
     p.add_argument(
-        "--tracker", default="mediapipe", help="tracker for AKD/APD/AED, or 'none' (default mediapipe)"
+        "--tracker", default="mediapipe", metavar="NAME", help="tracker for AKD/APD/AED, or 'none' (default mediapipe)"
     )
-    p.add_argument("--method", default="gshead", help="row name in the tables (default gshead)")
+    p.add_argument("--method", default="gshead", metavar="NAME", help="row name in the tables (default gshead)")
     p.add_argument(
         "--baseline",
         action="store_true",
         help="add a row for the source image returned unchanged (trivial baseline)",
     )
     p.add_argument(
-        "-o", "--output", default=None,
+        "-o", "--output", default=None, metavar="DIR",
         help=f"results folder (default {DEFAULT_OUTPUT}; for portraits {DEFAULT_PORTRAITS_OUTPUT})",
     )  # fmt: skip
     portraits = p.add_argument_group("portraits mode")
@@ -341,12 +359,15 @@ def add_parser(subparsers) -> None:
         "--fit-steps", type=int, default=0, metavar="N",
         help="fit each avatar to its portrait for N steps first (default 0: off)",
     )  # fmt: skip
-    portraits.add_argument("--fit-lr", type=float, default=0.01, help="base learning rate of the fit (default 0.01)")
-    portraits.add_argument("--frames", type=int, default=100, help="frames of demo motion (default 100)")
-    portraits.add_argument("--orbit-frames", type=int, default=40, help="frames of the orbit (default 40)")
     portraits.add_argument(
-        "--orbit-degrees", type=float, default=30.0, help="largest camera yaw of the orbit (default 30)"
+        "--fit-lr", type=float, default=0.01, metavar="LR", help="base learning rate of the fit (default 0.01)"
     )
+    portraits.add_argument("--frames", type=int, default=100, metavar="N", help="frames of demo motion (default 100)")
+    portraits.add_argument("--orbit-frames", type=int, default=40, metavar="N", help="frames of the orbit (default 40)")
+    portraits.add_argument(
+        "--orbit-degrees", type=float, default=30.0, metavar="DEG",
+        help="largest camera yaw of the orbit in degrees (default 30)",
+    )  # fmt: skip
     from gshead.commands._device import add_device_argument
 
     add_device_argument(p)

@@ -4,7 +4,7 @@ or a Niantic ``.spz`` (the format is chosen by the output's extension).
     gshead export AVATAR -o head.ply|head.splat|head.spz [--up -y|y] [--scale S]
                   [--expression NAME=VALUE ...] [--jaw R] [--eyes 6 values]
                   [--pose RX RY RZ] [--translation TX TY TZ] [--sh-degree 3|0]
-                  [--spz-version 3|4] [--device cpu|cuda|auto]
+                  [--spz-version 3|4] [--device cpu|cuda|auto] [--json]
 
 The avatar's driver poses its rig for the head parameters (the avatar's own identity, neutral
 unless told otherwise); the static and the posed Gaussians are written together. Driving applies
@@ -32,6 +32,7 @@ reference library's newer zstd layout, needs the ``zstandard`` package).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from typing import TYPE_CHECKING
@@ -177,10 +178,12 @@ def cmd_export(args) -> int:
     )
     output = args.output.lower()
     sh = f", SH degree {args.sh_degree}" if output.endswith(".ply") else ""
+    spz_version = None
     if output.endswith(".spz"):
         from gshead.io.spz import DEFAULT_VERSION
 
-        sh = f", SPZ version {args.spz_version or DEFAULT_VERSION}"
+        spz_version = args.spz_version or DEFAULT_VERSION
+        sh = f", SPZ version {spz_version}"
     up = default_up(args.output) if args.up is None else args.up
     frame = (
         "y down (OpenCV / 3DGS)"
@@ -192,21 +195,40 @@ def cmd_export(args) -> int:
         f"and {camera_json_path(args.output)}",
         file=sys.stderr,
     )
+    if args.json:
+        summary = {
+            "output": str(args.output), "camera": str(camera_json_path(args.output)), "gaussians": int(count),
+            "up": up, "scale": args.scale,
+            "sh_degree": args.sh_degree if output.endswith(".ply") else None,
+            "spz_version": spz_version,
+        }  # fmt: skip
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def add_parser(subparsers) -> None:
     """Add ``export`` to the ``gshead`` subcommands."""
     from gshead.commands._device import add_device_argument
+    from gshead.commands._help import doc
     from gshead.jobs.posing import UP_CONVENTIONS
 
     p = subparsers.add_parser(
         "export",
         help="write an avatar at a chosen expression as a 3DGS .ply, a .splat or a .spz (upright in viewers)",
+        **doc(
+            "Pose an avatar (expression, jaw, eyes, head pose) and write its Gaussians for other "
+            "viewers and tools: a standard 3DGS .ply, antimatter15's .splat or Niantic's .spz, the "
+            "format chosen by the extension, and NAME.camera.json beside it (the source camera in the "
+            "same convention).",
+            "# the neutral avatar as a 3DGS PLY (opens upright in SuperSplat and gsplat.js)\n"
+            "gshead export astronaut.safetensors -o astronaut.ply",
+            "# mouth open, head turned 20 degrees, as a compressed .spz for y-up viewers\n"
+            "gshead export astronaut.safetensors -o astronaut.spz --expression jawOpen=0.8 --pose 0 20 0",
+        ),
     )
-    p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
+    p.add_argument("avatar", metavar="AVATAR", help="avatar file written by 'gshead reconstruct'")
     p.add_argument(
-        "-o", "--output", required=True,
+        "-o", "--output", required=True, metavar="FILE",
         help="file to write, the format chosen by the extension: .ply (standard 3DGS), .splat "
         "(antimatter15, 32 bytes a Gaussian) or .spz (Niantic, compressed, about 10x smaller than "
         ".ply); NAME.camera.json is written beside it",
@@ -218,7 +240,7 @@ def add_parser(subparsers) -> None:
         "stores RUB): y up, face towards +z (y-up viewers). Write --up=-y",
     )  # fmt: skip
     p.add_argument(
-        "--scale", type=float, default=1.0,
+        "--scale", type=float, default=1.0, metavar="S",
         help="multiply positions and sizes (units are metres, a head is ~0.25 m; e.g. 10 for "
         "viewers that expect a scene about a unit across; default 1)",
     )  # fmt: skip
@@ -226,7 +248,7 @@ def add_parser(subparsers) -> None:
         "--expression", action="append", default=[], metavar="NAME=VALUE",
         help="expression unit value, names from 'gshead headmodel info' (repeatable)",
     )  # fmt: skip
-    p.add_argument("--jaw", type=float, default=0.0, help="jaw opening in radians (default 0)")
+    p.add_argument("--jaw", type=float, default=0.0, metavar="RAD", help="jaw opening in radians (default 0)")
     p.add_argument(
         "--eyes",
         type=float,
@@ -262,4 +284,8 @@ def add_parser(subparsers) -> None:
         "newer zstd layout (needs the zstandard package)",
     )  # fmt: skip
     add_device_argument(p)
+    p.add_argument(
+        "--json", action="store_true",
+        help="print a JSON summary on stdout: the files written, the Gaussian count, the convention",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)

@@ -263,20 +263,44 @@ def cmd_render(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``headmodel {info,render}`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("headmodel", help="inspect a head model or render it for checking by eye")
+    from gshead.commands._help import doc
+
+    p = subparsers.add_parser(
+        "headmodel", help="inspect a head model or render it for checking by eye",
+        **doc(
+            "Inspect a registered head model (sizes, expression names, joints, landmarks) or render its "
+            "posed mesh for checking by eye.",
+            "gshead headmodel info anny-head",
+            "gshead headmodel render anny-head --expression jawOpen=1 -o head.png",
+        ),
+    )  # fmt: skip
     sub = p.add_subparsers(dest="headmodel_command", required=True, metavar="ACTION")
     set_help = "config field of the head model, e.g. --set path=generic_model.pkl (repeatable)"
 
     s = sub.add_parser(
-        "info", help="sizes and names: vertices, faces, identity, expressions, joints, landmarks"
-    )
-    s.add_argument("name", help="registered head model name (see 'gshead plugins')")
+        "info", help="sizes and names: vertices, faces, identity, expressions, joints, landmarks",
+        **doc(
+            "Print a head model's vertices, faces, extent, identity size, expression names (what "
+            "'export --expression' and 'headmodel render --expression' take), joints and landmarks.",
+            "gshead headmodel info anny-head",
+            "# your own FLAME model, as JSON\n"
+            "gshead headmodel info flame --set path=generic_model.pkl --json",
+        ),
+    )  # fmt: skip
+    s.add_argument("name", metavar="NAME", help="registered head model name (see 'gshead plugins')")
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=set_help)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("render", help="a shaded front view of the posed mesh, as a PNG")
-    s.add_argument("name", help="registered head model name (see 'gshead plugins')")
+    s = sub.add_parser(
+        "render", help="a shaded front view of the posed mesh, as a PNG",
+        **doc(
+            "Render a shaded front view of the head model's mesh, posed by expression values, identity "
+            "coefficients and jaw opening, as a PNG.",
+            "gshead headmodel render anny-head --expression jawOpen=1 --expression eyeBlinkLeft=1 -o head.png",
+        ),
+    )  # fmt: skip
+    s.add_argument("name", metavar="NAME", help="registered head model name (see 'gshead plugins')")
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=set_help)
     s.add_argument(
         "--expression",
@@ -288,7 +312,7 @@ def add_parser(subparsers) -> None:
     s.add_argument(
         "--identity", nargs="+", type=float, default=None, metavar="X", help="leading identity coefficients"
     )
-    s.add_argument("--jaw", type=float, default=0.0, help="jaw opening in radians (default 0)")
-    s.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    s.add_argument("-o", "--output", required=True, help="PNG file to write")
+    s.add_argument("--jaw", type=float, default=0.0, metavar="RAD", help="jaw opening in radians (default 0)")
+    s.add_argument("--size", type=int, default=512, metavar="PX", help="image side in pixels (default 512)")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help="PNG file to write")
     s.set_defaults(func=cmd_render)

@@ -288,11 +288,33 @@ def cmd_import_gagavatar(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("import", help="convert another project's checkpoint into a gshead weights file")
+    from gshead.commands._help import doc
+
+    p = subparsers.add_parser(
+        "import", help="convert another project's checkpoint into a gshead weights file",
+        **doc(
+            "Convert another project's checkpoint into a gshead pipeline-weights file, which "
+            "'gshead reconstruct --weights' and 'gshead eval --weights' load. SOURCE names the project.",
+            "gshead import gagavatar GAGAvatar.pt -o gagavatar.safetensors",
+        ),
+    )  # fmt: skip
     isub = p.add_subparsers(dest="import_command", required=True, metavar="SOURCE")
-    g = isub.add_parser("gagavatar", help="a GAGAvatar checkpoint (.pt/.pth) -> pipeline-weights .safetensors")
-    g.add_argument("checkpoint", help="GAGAvatar checkpoint ({'model': state_dict, ...} or a bare state dict)")
-    g.add_argument("-o", "--output", required=True, help="pipeline-weights file to write (.safetensors)")
-    g.add_argument("--pipeline", help="pipeline YAML the weights are for (default: configs/gagavatar.yaml)")
+    g = isub.add_parser(
+        "gagavatar", help="a GAGAvatar checkpoint (.pt/.pth) -> pipeline-weights .safetensors",
+        **doc(
+            "Convert an official GAGAvatar checkpoint (loaded with weights_only=True; percep_loss.* "
+            "ignored) into pipeline weights for configs/gagavatar.yaml; every key and shape is checked.",
+            "# convert, then reconstruct with the GAGAvatar pipeline\n"
+            "gshead import gagavatar GAGAvatar.pt -o gagavatar.safetensors --json",
+            "gshead reconstruct portrait.jpg -o portrait.safetensors --pipeline configs/gagavatar.yaml "
+            "--weights gagavatar.safetensors",
+        ),
+    )  # fmt: skip
+    g.add_argument(
+        "checkpoint", metavar="CHECKPOINT",
+        help="GAGAvatar checkpoint ({'model': state_dict, ...} or a bare state dict)",
+    )  # fmt: skip
+    g.add_argument("-o", "--output", required=True, metavar="FILE", help="pipeline-weights file to write (.safetensors)")
+    g.add_argument("--pipeline", metavar="YAML", help="pipeline YAML the weights are for (default: configs/gagavatar.yaml)")
     g.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     g.set_defaults(func=cmd_import_gagavatar)

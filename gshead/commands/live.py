@@ -2,7 +2,7 @@
 shown in a local browser page.
 
     gshead live AVATAR --video FILE|DEVICE [--size S] [--host 127.0.0.1] [--port 8765]
-                [--frames N] [--log FILE.csv] [--as-fast-as-decoded] [--device cpu|cuda|auto] [-q]
+                [--frames N] [--log FILE.csv] [--as-fast-as-decoded] [--device cpu|cuda|auto] [--json]
 
 Every frame is tracked as it arrives and rendered at once (``gshead.jobs.live``). A video file is
 played at its own frame rate, as a camera would deliver it; a camera is opened through OpenCV
@@ -214,26 +214,46 @@ def cmd_live(args) -> int:
     print(f"gshead live: {report.line()}", file=sys.stderr)
     if args.log is not None:
         print(f"wrote {args.log}: {len(rows)} frames", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report_json(report), indent=2))
     return 0
+
+
+def report_json(report) -> dict[str, Any]:
+    """The end-of-run report as ``--json`` prints it (a measure that has no value, NaN, is null)."""
+    import dataclasses
+    import math
+
+    out = dataclasses.asdict(report)
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
 
 
 def add_parser(sub) -> None:
     """Add ``live`` to the ``gshead`` subcommands."""
+    from gshead.commands._help import doc
+
     p = sub.add_parser(
         "live", help="drive an avatar live from a video file or a camera, shown in a local browser page",
-        description="Track each frame of a video or a camera as it arrives and drive the avatar at once; "
-        "the result streams to a page on this machine. Example: gshead live astronaut.safetensors "
-        "--video talk.mp4 --log live.csv",
+        **doc(
+            "Track each frame of a video or a camera as it arrives and drive the avatar at once; the "
+            "result streams to a page on this machine (http://HOST:PORT/: MJPEG, frames/s, latency, "
+            "dropped frames; nothing leaves it). A video file ends the run when it ends, a camera runs "
+            "until Ctrl-C; the last line reports frames shown and dropped, frames/s and latency.",
+            "# a video file, played at its own frame rate, one CSV row per shown frame\n"
+            "gshead live astronaut.safetensors --video talk.mp4 --log live.csv",
+            "# the first camera, on another port\n"
+            "gshead live astronaut.safetensors --video 0 --port 8000",
+        ),
     )  # fmt: skip
-    p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
+    p.add_argument("avatar", metavar="AVATAR", help="avatar file written by 'gshead reconstruct'")
     p.add_argument(
         "--video", required=True, metavar="FILE|DEVICE",
         help="a video file (played at its own frame rate) or a camera: its number (0) or /dev/videoN",
     )  # fmt: skip
-    p.add_argument("--size", type=int, default=None, help="render side in pixels (default: the pipeline's)")
+    p.add_argument("--size", type=int, default=None, metavar="PX", help="render side in pixels (default: the pipeline's)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port of the page (default 8765; 0: any free port)")
-    p.add_argument("--frames", type=int, default=None, help="stop after this many source frames")
+    p.add_argument("--frames", type=int, default=None, metavar="N", help="stop after N source frames")
     p.add_argument("--log", default=None, metavar="FILE.csv", help="write one row per shown frame (latency, fps, drops)")
     p.add_argument(
         "--as-fast-as-decoded", action="store_true",
@@ -242,7 +262,12 @@ def add_parser(sub) -> None:
     from gshead.commands._device import add_device_argument
 
     add_device_argument(p)
+    p.add_argument(
+        "--json", action="store_true",
+        help="print the end-of-run report as JSON on stdout: frames arrived, shown and dropped, "
+        "frames/s, latency median and 95th percentile, tracking and rendering times",
+    )  # fmt: skip
     p.set_defaults(func=cmd_live)
 
 
-__all__ = ["LiveServer", "add_parser", "cmd_live"]
+__all__ = ["LiveServer", "add_parser", "cmd_live", "report_json"]

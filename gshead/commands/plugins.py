@@ -85,7 +85,19 @@ def cmd_plugins(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``plugins`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("plugins", help="list registered components (kind, name, source, config fields)")
+    from gshead.commands._help import doc
+
+    p = subparsers.add_parser(
+        "plugins", help="list registered components (kind, name, source, config fields)",
+        **doc(
+            "List every registered component (gshead's own and those of installed plugin packages): "
+            "kind, name, source package and config fields with their defaults, the names a pipeline "
+            "YAML uses. --params lists parameter counts per variant instead.",
+            "gshead plugins",
+            "# parameter counts per encoder variant, as JSON\n"
+            "gshead plugins --params --json",
+        ),
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--params", action="store_true", help="parameter counts per variant (no weights allocated)")
     p.set_defaults(func=cmd_plugins)

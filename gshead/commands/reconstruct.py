@@ -2,7 +2,7 @@
 
     gshead reconstruct IMAGE -o AVATAR.safetensors [--pipeline YAML] [--weights FILE]
                              [--fit-steps N] [--fit-lr LR] [--source-track optim.pkl[:FRAME]]
-                             [--device cpu|cuda|auto] [-q]
+                             [--device cpu|cuda|auto] [--json] [-q]
     gshead reconstruct IMAGE IMAGE ... | FOLDER -o DIR [the same options, no --source-track]
 
 Reads the portrait, builds the pipeline (the embedded default when ``--pipeline`` is not given,
@@ -25,6 +25,9 @@ when any image failed. ``--device`` (cpu, the default; cuda; auto) is where the 
 
 from __future__ import annotations
 
+from gshead.commands._help import WEIGHTS_HELP
+
+import json
 import sys
 import time
 from pathlib import Path
@@ -120,7 +123,31 @@ def _reconstruct_one(args, device) -> int:
             f"{fit.psnr_before:.2f} -> {fit.psnr_after:.2f} dB",
             file=sys.stderr,
         )
+    if args.json:
+        summary = {"image": image_path, **_avatar_summary(args.output, avatar, fit)}
+        print(json.dumps(summary, indent=2))
     return 0
+
+
+def _fit_summary(fit) -> dict | None:
+    """The ``fit`` entry of ``--json``: steps, seconds and source-view PSNR before/after (None: no fit)."""
+    if fit is None:
+        return None
+    return {
+        "steps": fit.steps, "seconds": round(fit.seconds, 3),
+        "psnr_before": round(fit.psnr_before, 3), "psnr_after": round(fit.psnr_after, 3),
+    }  # fmt: skip
+
+
+def _avatar_summary(path, avatar, fit) -> dict:
+    """An avatar written by the command, as ``--json`` reports it."""
+    return {
+        "avatar": str(path),
+        "static_gaussians": int(avatar.static.count),
+        "driven_gaussians": int(avatar.rig.dynamic.count),
+        "channels": int(avatar.static.channels),
+        "fit": _fit_summary(fit),
+    }
 
 
 def _avatar(args, pipeline, image, image_path, device):
@@ -210,6 +237,7 @@ def _reconstruct_many(args, device) -> int:
     pipeline = _build_pipeline(args, device)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str]] = []
+    entries: list[dict] = []  # --json
     failed = 0
     with progress(total=len(plan), desc="reconstruct", unit="image", disable=args.quiet) as bar:
         for image_path, out in plan:
@@ -227,10 +255,23 @@ def _reconstruct_many(args, device) -> int:
                 reason = _short(exc)
                 print(f"gshead: {image_path}: skipped: {reason}", file=sys.stderr)
                 brief = reason if len(reason) <= 60 else reason[:57] + "..."
-                rows.append((image_path, f"failed: {brief}", "-", f"{time.perf_counter() - start:.1f}"))
+                seconds = time.perf_counter() - start
+                rows.append((image_path, f"failed: {brief}", "-", f"{seconds:.1f}"))
+                entries.append(
+                    {"image": image_path, "avatar": None, "error": reason, "seconds": round(seconds, 3)}
+                )
             else:
+                seconds = time.perf_counter() - start
                 psnr = f"{fit.psnr_after:.2f}" if fit is not None else "-"
-                rows.append((image_path, str(out), psnr, f"{time.perf_counter() - start:.1f}"))
+                rows.append((image_path, str(out), psnr, f"{seconds:.1f}"))
+                entries.append(
+                    {
+                        "image": image_path,
+                        **_avatar_summary(out, avatar, fit),
+                        "error": None,
+                        "seconds": round(seconds, 3),
+                    }
+                )
             bar.update()
     print(summary_table(rows), file=sys.stderr)
     done = len(plan) - failed
@@ -239,6 +280,9 @@ def _reconstruct_many(args, device) -> int:
         + (f"; {failed} image{'s' if failed != 1 else ''} failed" if failed else ""),
         file=sys.stderr,
     )
+    if args.json:
+        summary = {"output": str(args.output), "written": done, "failed": failed, "images": entries}
+        print(json.dumps(summary, indent=2))
     return EXIT_SOME_FAILED if failed else 0
 
 
@@ -342,26 +386,49 @@ def _fit(args, pipeline, avatar, source_image):
 def add_parser(subparsers) -> None:
     """Add ``reconstruct`` to the ``gshead`` subcommands."""
     from gshead.commands._device import add_device_argument
+    from gshead.commands._help import doc
 
     p = subparsers.add_parser(
-        "reconstruct", help="build an avatar from one portrait (or one avatar each from several, or a folder)"
-    )
+        "reconstruct", help="build an avatar from one portrait (or one avatar each from several, or a folder)",
+        **doc(
+            "Crop, track, encode and lift a portrait into an avatar file (optionally fitted to the "
+            "portrait for --fit-steps steps), which 'gshead reenact', 'live', 'view' and 'export' read. "
+            "Several images or a folder make one avatar each with one pipeline, carry on past an image "
+            "that fails and end with a summary table (exit status 1 when any failed).",
+            "# the built-in portrait, with the shipped trained weights and 100 fitting steps\n"
+            "gshead reconstruct example:astronaut -o astronaut.safetensors --weights builtin:default --fit-steps 100",
+            "# every portrait of a folder: avatars/<stem>.safetensors each, a JSON summary on stdout\n"
+            "gshead reconstruct photos/ -o avatars/ --weights builtin:default --json",
+            "# another pipeline with weights imported from GAGAvatar ('gshead import gagavatar')\n"
+            "gshead reconstruct portrait.jpg -o portrait.safetensors --pipeline configs/gagavatar.yaml "
+            "--weights gagavatar.safetensors",
+        ),
+    )  # fmt: skip
     p.add_argument(
         "images", nargs="+", metavar="IMAGE",
         help="portrait image file, or example:astronaut; several files or a folder make one avatar each",
     )  # fmt: skip
     p.add_argument(
-        "-o", "--output", required=True,
+        "-o", "--output", required=True, metavar="FILE|DIR",
         help="avatar file to write (.safetensors); with several images or a folder, the folder to "
         "write NAME.safetensors into (made when missing)",
     )  # fmt: skip
-    p.add_argument("--pipeline", help="pipeline YAML (default: the embedded default)")
-    p.add_argument("--weights", help="pipeline-weights file for this pipeline (written by 'gshead import')")
+    p.add_argument("--pipeline", metavar="YAML", help="pipeline YAML (default: the embedded default)")
+    p.add_argument(
+        "--weights", metavar="WEIGHTS",
+        help=WEIGHTS_HELP,
+    )  # fmt: skip
     p.add_argument(
         "--fit-steps", type=int, default=0, metavar="N",
         help="refine the avatar's Gaussians against the portrait for N steps (default 0: off)",
     )  # fmt: skip
-    p.add_argument("--fit-lr", type=float, default=0.01, help="base learning rate of the fit (default 0.01)")
+    p.add_argument(
+        "--fit-lr",
+        type=float,
+        default=0.01,
+        metavar="LR",
+        help="base learning rate of the fit (default 0.01)",
+    )
     p.add_argument(
         "--source-track", metavar="TRACK[:FRAME]",
         help="take the portrait's FLAME parameters and camera from GAGAvatar_track output (optim.pkl; "
@@ -369,6 +436,11 @@ def add_parser(subparsers) -> None:
         "512-px crop that tracker used (flame pipelines only)",
     )  # fmt: skip
     add_device_argument(p)
+    p.add_argument(
+        "--json", action="store_true",
+        help="print a JSON summary on stdout: the avatar, its Gaussian counts and the fit (several "
+        "images: one entry per image)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reconstruct)
 

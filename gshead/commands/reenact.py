@@ -2,7 +2,7 @@
 
     gshead reenact AVATAR --driver demo|SEQ.safetensors|VIDEO|CURVES.csv|CURVES.json -o OUT.mp4|OUT.png
                    [--side-by-side] [--camera fixed|orbit] [--orbit-degrees D] [--frames N]
-                   [--fps F] [--size S] [--batch B] [--device cpu|cuda|auto] [-q]
+                   [--fps F] [--size S] [--batch B] [--device cpu|cuda|auto] [--json] [-q]
 
 The driving head parameters come from the demo motion (``gshead.io.motion``), a tracked-sequence
 file, ARKit curves (``gshead.io.arkit``), or a video tracked on the fly (``gshead.jobs.tracking``, cached, the same path as
@@ -13,6 +13,7 @@ driving video runs as ``gshead track`` does.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -146,7 +147,15 @@ def cmd_reenact(args) -> int:
     loaded = load_avatar(args.avatar)
     params = _driving_params(args, loaded).to(device)  # driving signals are read on the CPU
     loaded = loaded_to(loaded, device)
-    session = loaded.session(render_size=args.size)
+    colour = {"black": 0.0, "white": 1.0, "none": 0.0}.get(args.background)
+    background = None  # source: the avatar's own (its static background image, or its lifted Gaussians)
+    if colour is not None:
+        background = torch.zeros(loaded.config.feature_channels, device=device)
+        background[:3] = colour
+    with_alpha = args.background == "none" and grid
+    if args.background == "none" and not grid:
+        print("note: --background none: a video has no alpha; the background is black", file=sys.stderr)
+    session = loaded.session(render_size=args.size, background=background)
     cam = session.camera
     n = params.batch_size
     cameras = None  # None: the source camera for every frame
@@ -164,9 +173,12 @@ def cmd_reenact(args) -> int:
                 index = slice(start, min(n, start + args.batch))
                 chunk = params.select(index)
                 view = cam.expand(chunk.batch_size) if cameras is None else views.camera_slice(cameras, index)
-                frames = session.render(chunk, camera=view)
+                frames = session.render(chunk, camera=view, alpha=with_alpha)
                 if panels is not None:
-                    frames = torch.cat([panels.render(chunk, view).to(frames), frames], dim=-1)  # driver | result
+                    left = panels.render(chunk, view).to(frames)
+                    if with_alpha:
+                        left = torch.cat([left, torch.ones_like(left[:, :1])], 1)
+                    frames = torch.cat([left, frames], dim=-1)  # driver | result
                 out.write(frames)
                 bar.update(chunk.batch_size)
     if grid:
@@ -174,15 +186,39 @@ def cmd_reenact(args) -> int:
     else:
         what = f"{n} frames, {width}x{cam.height} at {args.fps:g} fps"
     print(f"wrote {args.output}: {what}", file=sys.stderr)
+    if args.json:
+        summary = {
+            "output": str(args.output), "frames": n,
+            "width": sink.width if grid else width, "height": sink.height if grid else cam.height,
+            "fps": None if grid else args.fps,
+            "grid": {"rows": sink.rows, "columns": sink.columns} if grid else None,
+        }  # fmt: skip
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def add_parser(subparsers) -> None:
     """Add ``reenact`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("reenact", help="drive an avatar into a video (or a PNG grid of frames)")
-    p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
+    from gshead.commands._help import doc
+    from gshead.io.motion import PHASES
+
+    p = subparsers.add_parser(
+        "reenact", help="drive an avatar into a video (or a PNG grid of frames)",
+        **doc(
+            "Drive an avatar written by 'gshead reconstruct' with the demo motion, a tracked sequence, "
+            "a video (tracked as 'gshead track' does, cached), ARKit curves or GAGAvatar_track output, "
+            "and render every frame into a video, or into one PNG grid of frames.",
+            "# the demo motion into a video (the quick start's second step)\n"
+            "gshead reenact astronaut.safetensors --driver demo -o astronaut.mp4",
+            "# driven by a video, its cropped frames beside the result, the camera orbiting the head\n"
+            "gshead reenact astronaut.safetensors --driver talk.mp4 -o talk-driven.mp4 --side-by-side --camera orbit --orbit-degrees 20",
+            "# 16 demo frames tiled in one PNG, at 64 px\n"
+            "gshead reenact astronaut.safetensors --driver demo --frames 16 --size 64 -o frames.png",
+        ),
+    )  # fmt: skip
+    p.add_argument("avatar", metavar="AVATAR", help="avatar file written by 'gshead reconstruct'")
     p.add_argument(
-        "--driver", required=True,
+        "--driver", required=True, metavar="DRIVER",
         help="'demo', a tracked-sequence .safetensors file, a video, ARKit curves: a Live Link "
         "Face .csv or an ARKit-named .json ({names, weights, fps} or Audio2Face's export; "
         "head yaw/pitch/roll in radians, yaw positive towards the subject's left), or "
@@ -191,7 +227,7 @@ def add_parser(subparsers) -> None:
         "driving exactly, the default relative driving re-bases the motion on the portrait",
     )  # fmt: skip
     p.add_argument(
-        "-o", "--output", required=True,
+        "-o", "--output", required=True, metavar="FILE",
         help="video file to write (.mp4, .mkv, ...), or .png for all frames tiled in one grid image",
     )  # fmt: skip
     p.add_argument(
@@ -204,7 +240,10 @@ def add_parser(subparsers) -> None:
         help="fixed: the source view (default); orbit: a novel-view path swinging the camera "
         "around the head, yaw ±--orbit-degrees over the clip, starting and ending in front",
     )  # fmt: skip
-    p.add_argument("--orbit-degrees", type=float, default=30.0, help="largest yaw of --camera orbit (default 30)")
+    p.add_argument(
+        "--orbit-degrees", type=float, default=30.0, metavar="DEG",
+        help="largest yaw of --camera orbit in degrees, 0 to 180 (default 30)",
+    )  # fmt: skip
     motion = p.add_mutually_exclusive_group()
     motion.add_argument(
         "--relative", dest="absolute", action="store_false", default=False,
@@ -215,13 +254,31 @@ def add_parser(subparsers) -> None:
         "--absolute", dest="absolute", action="store_true",
         help="use the driver's expression and pose as they are, replacing the portrait's",
     )  # fmt: skip
-    p.add_argument("--frames", type=int, default=100, help="frames of demo motion (default 100)")
-    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
-    p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the pipeline's)")
-    p.add_argument("--batch", type=int, default=4, help="frames rendered per step (default 4)")
+    p.add_argument(
+        "--frames", type=int, default=100, metavar="N",
+        help=f"length of the demo motion: --driver demo renders N frames (default 100; {len(PHASES)} to "
+        f"{MAX_FRAMES:,}); every other driver renders all of its own frames (a sequence's, a video's, a "
+        f"curves file's) and ignores N (it is still checked to be 1 to {MAX_FRAMES:,})",
+    )  # fmt: skip
+    p.add_argument(
+        "--fps", type=float, default=25.0, metavar="FPS",
+        help="frame rate of the written video (default 25, whatever the driver's own rate)",
+    )  # fmt: skip
+    p.add_argument("--size", type=int, default=None, metavar="PX", help="output side in pixels (default: the pipeline's)")
+    p.add_argument(
+        "--background", choices=("source", "black", "white", "none"), default="source",
+        help="behind the avatar: source (default: the portrait's background, a still image with "
+        "background: static), black, white, or none (transparent: alpha in a .png grid; black in a video). "
+        "With background: lifted the portrait's background is part of the Gaussians and stays",
+    )  # fmt: skip
+    p.add_argument("--batch", type=int, default=4, metavar="N", help="frames rendered per step (default 4)")
     from gshead.commands._device import add_device_argument
 
     add_device_argument(p)
+    p.add_argument(
+        "--json", action="store_true",
+        help="print a JSON summary on stdout: the file written, its frames, size and frame rate (or grid)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reenact)
 

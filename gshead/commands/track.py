@@ -1,7 +1,7 @@
 """``gshead track``: track a video or an image into a tracked-sequence file.
 
     gshead track VIDEO|IMAGE -o SEQ.safetensors|CURVES.csv [--format sequence|arkit-csv]
-                 [--pipeline YAML] [--smoothing X] [--no-cache] [-q]
+                 [--pipeline YAML] [--smoothing X] [--no-cache] [--json] [-q]
 
 Uses the pipeline's tracker and head model (the embedded default pipeline when ``--pipeline`` is
 not given) through ``gshead.jobs.tracking.track_with_pipeline``, the same code path as
@@ -14,6 +14,7 @@ ARKit-named expressions only; ``gshead.io.arkit``), which ``gshead reenact --dri
 
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -67,17 +68,40 @@ def cmd_track(args) -> int:
         f"{seq.camera.width}x{seq.camera.height} crops, head model {seq.head_model!r}",
         file=sys.stderr,
     )
+    if args.json:
+        summary = {
+            "output": str(args.output), "format": args.format, "cached": bool(cached),
+            "frames": len(seq), "with_face": valid,
+            "median_fit_error_px": round(float(errors.median()), 4) if len(errors) else None,
+            "crop": [seq.camera.width, seq.camera.height], "head_model": seq.head_model,
+            "fps": float(seq.fps),
+        }  # fmt: skip
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def add_parser(subparsers) -> None:
     """Register ``gshead track`` on the top-level subparsers."""
+    from gshead.commands._help import doc
     from gshead.jobs.tracking import DEFAULT_SMOOTHING
 
-    p = subparsers.add_parser("track", help="track a video or image into a tracked-sequence file")
-    p.add_argument("input", help="video (.mp4, .mov, .mkv, .webm, .avi) or image file, or example:astronaut")
+    p = subparsers.add_parser(
+        "track", help="track a video or image into a tracked-sequence file",
+        **doc(
+            "Track a video (or one image) with the pipeline's tracker and head model into a "
+            "tracked-sequence file that 'gshead reenact --driver' reads: per-frame crop boxes, one "
+            "identity, frames without a face flagged and interpolated, temporal smoothing. Results are "
+            "cached by the input's content, so a rerun is instant; the same path as 'reenact --driver VIDEO'.",
+            "# a video into a sequence, then drive an avatar with it\n"
+            "gshead track talk.mp4 -o talk.safetensors",
+            "gshead reenact astronaut.safetensors --driver talk.safetensors -o astronaut-talk.mp4",
+            "# ARKit curves (a Live Link Face CSV), tracked again without the cache, with a JSON summary\n"
+            "gshead track talk.mp4 --format arkit-csv -o talk.csv --no-cache --json",
+        ),
+    )  # fmt: skip
+    p.add_argument("input", metavar="VIDEO|IMAGE", help="video (.mp4, .mov, .mkv, .webm, .avi) or image file, or example:astronaut")
     p.add_argument(
-        "-o", "--output", required=True,
+        "-o", "--output", required=True, metavar="FILE",
         help="file to write: a tracked sequence (.safetensors), or with --format arkit-csv a .csv",
     )  # fmt: skip
     p.add_argument(
@@ -86,14 +110,20 @@ def add_parser(subparsers) -> None:
         "(52 ARKit blendshapes, head and eye yaw/pitch/roll in radians) for 'reenact --driver', "
         "only for head models with ARKit-named expressions",
     )  # fmt: skip
-    p.add_argument("--pipeline", help="pipeline YAML whose tracker and head model to use (default: embedded)")
+    p.add_argument("--pipeline", metavar="YAML", help="pipeline YAML whose tracker and head model to use (default: embedded)")
     p.add_argument(
         "--smoothing",
         type=float,
         default=DEFAULT_SMOOTHING,
+        metavar="SIGMA",
         help="temporal smoothing of the parameters and the crop box: standard deviation in frames; "
         f"0 turns it off (default {DEFAULT_SMOOTHING:g})",
     )
     p.add_argument("--no-cache", action="store_true", help="track again even if a cached result exists")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print a JSON summary of the sequence on stdout: frames, frames with a face, median "
+        "landmark error, crop size, head model, frame rate, from the cache or not",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_track)

@@ -66,12 +66,35 @@ def cmd_train(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``train`` to the ``gshead`` subcommands."""
-    p = subparsers.add_parser("train", help="train a pipeline (stage 1 or 2) from a training config YAML")
-    p.add_argument("config", help="training config YAML, or the name of a shipped one (tiny-synthetic)")
-    p.add_argument("-o", "--output", help="run folder for checkpoints and logs (default: runs/<config name>)")
+    from gshead.commands._help import doc
+
+    p = subparsers.add_parser(
+        "train", help="train a pipeline (stage 1 or 2) from a training config YAML",
+        **doc(
+            "Train any pipeline from a training config (stage 1: L1, face-crop L1, point loss; stage 2 "
+            "adds a perceptual loss from local VGG-16 weights) on a dataset made by 'gshead data'. "
+            "Checkpoints are written atomically and resume exactly; run it under torchrun for DDP. The "
+            "checkpoint's model.safetensors is a pipeline-weights file for --weights.",
+            "# how the shipped builtin:default weights were made (on data/synth, 'gshead data synth')\n"
+            "gshead train tiny-synthetic -o runs/demo",
+            "# carry on from the latest checkpoint up to 4,000 steps\n"
+            "gshead train tiny-synthetic -o runs/demo --resume --steps 4000",
+        ),
+    )  # fmt: skip
+    p.add_argument(
+        "config", metavar="CONFIG", help="training config YAML, or the name of a shipped one (tiny-synthetic)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="run folder for checkpoints and logs (default: runs/<config name>)",
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in the run folder"
     )
-    p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config's 'steps')")
+    p.add_argument(
+        "--steps", type=int, default=None, metavar="N", help="total steps (overrides the config's 'steps')"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -20,9 +20,25 @@ def cmd_view(args) -> int:
         raise InputError(f"--port {args.port}: expected a TCP port between 1 and 65535")
     from gshead.commands._device import loaded_to, resolve_device
 
+    if args.size is not None and not 16 <= args.size <= 2048:
+        raise InputError(f"--size {args.size}: expected a side between 16 and 2048 pixels")
     device = resolve_device(args.device)
-    loaded = loaded_to(load_avatar(args.avatar), device)
-    viewer = AvatarViewer(loaded, host=args.host, port=args.port, save_dir=args.save_dir, render_size=args.size)
+    loaded = load_avatar(args.avatar)
+    playback = None
+    if args.driver is not None:
+        import argparse
+
+        from gshead.commands.reenact import _driving_params
+        from gshead.viewer import Playback
+
+        # the driver as reenact reads it (relative to the portrait unless --absolute)
+        spec = argparse.Namespace(driver=args.driver, frames=args.frames, absolute=args.absolute, quiet=False)
+        fps = args.fps
+        playback = Playback(_driving_params(spec, loaded).to(device), fps, str(args.driver))
+    loaded = loaded_to(loaded, device)
+    viewer = AvatarViewer(
+        loaded, host=args.host, port=args.port, save_dir=args.save_dir, render_size=args.size, playback=playback
+    )
     print(f"gshead view: open {viewer.url} in a browser (Ctrl-C to stop); frames are saved to {args.save_dir}", file=sys.stderr)
     try:
         while True:
@@ -35,12 +51,43 @@ def cmd_view(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("view", help="look at an avatar in a local web viewer with expression and pose sliders")
-    p.add_argument("avatar", help="avatar file written by 'gshead reconstruct'")
+    """Add ``view`` to the ``gshead`` subcommands."""
+    from gshead.commands._help import doc
+
+    p = sub.add_parser(
+        "view", help="look at an avatar in a local web viewer with expression and pose sliders",
+        **doc(
+            "Serve the avatar in a local web viewer (viser; pip install 'gshead[viewer]'). The main "
+            "view is the pipeline's real output (driver, rasterizer, refiner) at --size, re-rendered "
+            "as sliders move (every expression unit, jaw, eyes and head pose, angles in degrees, "
+            "relative to the portrait); a second view shows the raw Gaussians in 3D. --driver plays "
+            "the demo motion, a sequence, a video or ARKit curves. 'Save frame' writes the render "
+            "as a PNG. Runs until Ctrl-C.",
+            "# open http://127.0.0.1:8080/ in a browser; saved frames go to shots/\n"
+            "gshead view astronaut.safetensors --save-dir shots\n"
+            "# play the demo motion (Play / Pause in the panel) at 256x256\n"
+            "gshead view astronaut.safetensors --driver demo --size 256",
+        ),
+    )  # fmt: skip
+    p.add_argument("avatar", metavar="AVATAR", help="avatar file written by 'gshead reconstruct'")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--save-dir", default=".", help="where 'Save frame' writes PNGs (default: current folder)")
-    p.add_argument("--size", type=int, default=None, help="side of saved frames in pixels (default: the pipeline's)")
+    p.add_argument("--save-dir", default=".", metavar="DIR", help="where 'Save frame' writes PNGs (default: current folder)")
+    p.add_argument(
+        "--size", type=int, default=None, metavar="PX",
+        help="side of the render and of saved frames in pixels (default: the pipeline's, at least 256)",
+    )  # fmt: skip
+    p.add_argument(
+        "--driver", default=None, metavar="DRIVER",
+        help="play a driver: 'demo', a tracked-sequence .safetensors, a video, ARKit curves (.csv/.json) "
+        "or GAGAvatar_track output, read as 'gshead reenact --driver' reads it",
+    )  # fmt: skip
+    p.add_argument("--frames", type=int, default=100, metavar="N", help="frames of demo motion (default 100)")
+    p.add_argument("--fps", type=float, default=25.0, help="playback frame rate (default 25)")
+    p.add_argument(
+        "--absolute", action="store_true",
+        help="play the driver's expression and pose as they are (default: relative to the portrait)",
+    )  # fmt: skip
     from gshead.commands._device import add_device_argument
 
     add_device_argument(p)

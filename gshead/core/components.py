@@ -284,6 +284,16 @@ class FrameLandmarker(Protocol):
         ...
 
 
+@runtime_checkable
+class Segmenter(Protocol):
+    """A tracker that separates a person from the background (``mediapipe``'s selfie
+    segmentation); a pipeline with ``background: static`` needs one."""
+
+    def segment(self, image: Tensor) -> Tensor:
+        """Person probability [1, 1, H, W] in [0, 1] for ``image`` [1, 3, H, W] in [0, 1]."""
+        ...
+
+
 # -- the table of kinds ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KindInfo:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -52,6 +52,12 @@ class PipelineSettings(BaseModel):
     """Side of the square source crop given to the encoder, in pixels."""
     render_size: int = Field(128, ge=16, le=4096)
     """Side of the square images rendered when driving, in pixels."""
+    background: Literal["lifted", "static"] = "lifted"
+    """'lifted': the whole crop, background included, becomes Gaussians that move with the head.
+    'static': the tracker segments the portrait (it must be a ``Segmenter``, e.g. ``mediapipe``);
+    the static Gaussians outside the person are cut, and the background, filled in where the
+    person was, is kept as an image shown behind the avatar in every frame: it never moves with
+    the head."""
 
 
 class PipelineConfig(PipelineSettings):

@@ -52,6 +52,7 @@ __all__ = [
     "view_direction",
     "harmonic_encoding",
     "crop_square",
+    "fill_holes",
     "face_frames",
     "bind_to_mesh",
     "posed_points",
@@ -192,6 +193,26 @@ def crop_square(image: Tensor, box: CropBox, size: int) -> Tensor:
         return square
     resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return resized.clamp(0.0, 1.0) if image.is_floating_point() else resized
+
+
+def fill_holes(image: Tensor, known: Tensor) -> Tensor:
+    """``image`` [B, C, H, W] with the pixels where ``known`` [B, 1, H, W] is 0 filled in from
+    the known ones around them ("push-pull": mask-weighted averages down a pyramid until nothing
+    is unknown, then blended back up coarse to fine). Known pixels are returned unchanged; smooth
+    fills, no texture (a background behind a head, not an inpainting network)."""
+    weight = known.to(image.dtype).clamp(0, 1)
+    levels = [(image * weight, weight)]
+    while min(levels[-1][0].shape[-2:]) > 1 and bool((levels[-1][1] <= 0).any()):
+        value, w = levels[-1]
+        levels.append((F.avg_pool2d(value, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    value, w = levels[-1]
+    filled = value / w.clamp_min(1e-8)
+    for value, w in reversed(levels[:-1]):
+        up = F.interpolate(filled, size=value.shape[-2:], mode="bilinear", align_corners=False)
+        own = value / w.clamp_min(1e-8)
+        share = w.clamp(0, 1)
+        filled = share * own + (1 - share) * up
+    return torch.where(known > 0.5, image, filled)
 
 
 # -- binding points to a mesh ---------------------------------------------------------------------

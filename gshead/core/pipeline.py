@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gshead.core import contract
@@ -31,7 +32,7 @@ from gshead.core.components import (
     Tracker,
 )
 from gshead.core.config import PipelineConfig, default_pipeline_path, dump_pipeline, load_pipeline, validate_pipeline
-from gshead.core.errors import InputError
+from gshead.core.errors import ConfigError, InputError
 from gshead.core.geometry import crop_square
 from gshead.core.registry import Registry, get_registry
 from gshead.core.types import Avatar, Camera, CropBox, Gaussians, HeadParams, Provenance, Render
@@ -167,6 +168,9 @@ class Pipeline:
         features = self.encoder(image)
         static = self.lifter(features, source, view)
         rig = self.driver.prepare(features, source, view, static)
+        background = None
+        if self.config.background == "static":
+            static, background = self._static_background(image, static, view)
         provenance = Provenance(
             pipeline=dump_pipeline(self.config),
             head_model=self.config.headmodel.name,
@@ -174,7 +178,38 @@ class Pipeline:
             torch_version=torch.__version__,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
-        return Avatar(static=static, rig=rig, source=source, camera=camera, provenance=provenance)
+        return Avatar(
+            static=static, rig=rig, source=source, camera=camera, provenance=provenance, background=background
+        )
+
+    def _static_background(self, image: Tensor, static: Gaussians, view: Camera) -> tuple[Gaussians, Tensor]:
+        """``background: static``: the static Gaussians on the person (the tracker's segmentation of
+        ``image``, sampled where each Gaussian's centre projects in the source ``view``) and the
+        background as a feature image [1, C, S, S]: the portrait's RGB with the person, grown by
+        ``BACKGROUND_MARGIN`` of the side, filled in from around it (``fill_holes``)."""
+        from gshead.core.components import Segmenter
+        from gshead.core.geometry import fill_holes, project_points
+
+        if not isinstance(self.tracker, Segmenter):
+            raise ConfigError(
+                f"background: static needs a tracker that segments the portrait (mediapipe); tracker "
+                f"{self.config.tracker.name!r} does not (use background: lifted)"
+            )
+        with torch.no_grad():
+            person = self.tracker.segment(image).to(image)  # [1, 1, S, S]
+            size = image.shape[-1]
+            uv = project_points(static.means.detach(), view)[0]  # [N, 2] source pixels
+            ij = uv.round().long().clamp(0, size - 1)
+            on_person = person[0, 0, ij[:, 1], ij[:, 0]] >= 0.5
+            inside = (uv >= 0).all(1) & (uv < size).all(1)
+            keep = (on_person | ~inside).nonzero()[:, 0]  # off-image Gaussians are not the portrait's background
+            grow = max(1, round(BACKGROUND_MARGIN * size))
+            covered = F.max_pool2d((person >= 0.5).to(image), 2 * grow + 1, stride=1, padding=grow)
+            rgb = fill_holes(image, 1.0 - covered)
+        static = Gaussians(**{k: v[:, keep] for k, v in static.tensors().items()})
+        background = torch.zeros(1, static.channels, size, size, dtype=image.dtype, device=image.device)
+        background[:, :3] = rgb
+        return static, background
 
     def forward_frames(
         self, avatar: Avatar, params: HeadParams, camera: Camera | None = None, background: Tensor | None = None
@@ -264,17 +299,41 @@ class DrivingSession:
         contract.check_isolation(self, forbidden)
 
     @torch.no_grad()
-    def render(self, params: HeadParams, camera: Camera | None = None) -> Tensor:
+    def render(self, params: HeadParams, camera: Camera | None = None, alpha: bool = False) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] for a batch of B head parameters.
 
         The avatar's identity replaces ``params.identity`` (drive with anyone's expressions).
-        ``camera`` defaults to the source camera at the session's render size.
+        ``camera`` defaults to the source camera at the session's render size. ``alpha``: [B, 4,
+        H, W], the rasterizer's accumulated opacity as a fourth channel and the colour divided by
+        it (straight alpha; exact for the identity refiner), for a session whose ``background``
+        is black.
         """
-        _render, image = drive_frames(
+        render, image = drive_frames(
             self.avatar, params, camera or self.camera, self.driver, self.rasterizer, self.refiner,
             self.background, check=self._guard.check,
         )
-        return image
+        if not alpha:
+            return image
+        a = render.alpha.to(image).clamp(0, 1)
+        straight = torch.where(a > 1e-4, image / a.clamp_min(1e-4), torch.zeros_like(image)).clamp(0, 1)
+        return torch.cat([straight, a], 1)
+
+
+BACKGROUND_MARGIN = 0.03
+"""``background: static``: the person's segmentation is grown by this fraction of the crop side
+before the background is filled in, so the person's fringe does not stay in the background."""
+
+
+def _over_background(render: Render, background: Tensor) -> Render:
+    """``render`` composited over the avatar's static ``background`` [1, C, S, S] (resized to the
+    render): features + (1 - alpha) background. The background is the source view's; it stays on
+    the screen whatever the camera does."""
+    bg = background.to(render.features)
+    h, w = render.features.shape[-2:]
+    if bg.shape[-2:] != (h, w):
+        shrink = bg.shape[-1] > w
+        bg = F.interpolate(bg, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    return dataclasses.replace(render, features=render.features + (1.0 - render.alpha) * bg)
 
 
 def _root_for(driver, params: HeadParams) -> HeadParams:
@@ -317,6 +376,9 @@ def drive_frames(
         check("driver")
     gaussians = Gaussians.cat([avatar.static, posed])
     render = rasterizer(gaussians, camera, background)
+    still = getattr(avatar, "background", None)  # Avatar.background (stand-ins in tests may lack it)
+    if background is None and still is not None:
+        render = _over_background(render, still)
     if check:
         check("rasterizer")
     image = refiner(render)

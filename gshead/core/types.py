@@ -348,6 +348,7 @@ class Avatar(_Container):
     source: HeadParams  # [1] head parameters of the source portrait (identity kept when driving)
     camera: Camera  # [1] camera of the source portrait
     provenance: Provenance
+    background: Tensor | None = None  # [1, C, S, S] feature image behind the avatar (background: static)
 
 
 @dataclass(frozen=True)

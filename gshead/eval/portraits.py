@@ -407,10 +407,23 @@ def _max_filter(size: int):
 
 def _selfie_mask(image: np.ndarray) -> np.ndarray:
     """Person mask (bool, H x W) of an RGB uint8 image by MediaPipe's bundled selfie segmentation."""
+    import os
+    import sys
+
     from mediapipe.python.solutions import selfie_segmentation
 
-    with selfie_segmentation.SelfieSegmentation(model_selection=0) as model:
-        result = model.process(image)
+    # MediaPipe's C++ side prints INFO/W lines to descriptor 2 when its graph starts: silenced here
+    # (as the mediapipe tracker does; eval reaches plugins only through the registry).
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        with selfie_segmentation.SelfieSegmentation(model_selection=0) as model:
+            result = model.process(image)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
     return np.asarray(result.segmentation_mask) > 0.5
 
 

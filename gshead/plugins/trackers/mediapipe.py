@@ -531,6 +531,25 @@ class MediapipeTracker(nn.Module):
             boxes.append((left + r.xmin * w + (bw - side) / 2, top + r.ymin * h + (bh - side) / 2, side))
         return boxes
 
+    @functools.cached_property
+    def _segmenter(self):
+        mp = _import_mediapipe()
+        with _native_stderr_quiet():
+            return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+    def segment(self, image: Tensor) -> Tensor:
+        """MediaPipe's selfie segmentation of ``image`` [1, 3, H, W]: person probability
+        [1, 1, H, W] in [0, 1] (the tracker is a ``Segmenter``; ``background: static`` uses it)."""
+        if image.dim() != 4 or image.shape[:2] != (1, 3):
+            raise ShapeError(f"mediapipe: expected one image [1, 3, H, W], got {list(image.shape)}")
+        rgb = _to_uint8(image[0])
+        with _native_stderr_quiet():
+            result = self._segmenter.process(rgb)
+        mask = getattr(result, "segmentation_mask", None)
+        if mask is None:
+            raise InputError("mediapipe: the selfie segmentation returned no mask for the portrait")
+        return torch.from_numpy(np.asarray(mask, dtype=np.float32).copy())[None, None].clamp(0, 1).to(image.device)
+
     def crop_box(self, image: Tensor) -> CropBox | None:
         """A square around the largest face, sized and placed like the frontal tracker's.
 
