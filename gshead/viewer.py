@@ -132,6 +132,9 @@ class AvatarViewer:
         self._wake = threading.Condition()
         self._dirty = True
         self._closed = False
+        self._last_play: float | None = None  # when the last playback frame was shown
+        self._status_text = None  # the panel's status line (set by _build_gui)
+        self._frame_slider = None  # the playback's frame slider (set by _build_gui)
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.server.scene.set_up_direction("+y")
         self.server.on_client_connect(self._on_connect)
@@ -225,9 +228,8 @@ class AvatarViewer:
     def _advance(self) -> None:
         t = self.playback.params.batch_size
         now = time.perf_counter()
-        last = getattr(self, "_last_play", None)
-        if last is not None:
-            gap = now - last
+        if self._last_play is not None:
+            gap = now - self._last_play
             self.playback_fps = 1.0 / gap if gap > 0 else float("nan")
         self._last_play = now
         self.frame_index = (self.frame_index + 1) % t
@@ -239,13 +241,12 @@ class AvatarViewer:
             return
         for client in list(self.server.get_clients().values()):
             client.scene.set_background_image(_letterbox(pixels, client.camera.aspect), format="jpeg", jpeg_quality=90)
-        fps = "" if self.playback_fps != self.playback_fps else f", playback {self.playback_fps:.1f} frames/s"
+        fps = "" if math.isnan(self.playback_fps) else f", playback {self.playback_fps:.1f} frames/s"
         self._status(f"render {self.render_size}x{self.render_size}: {self.last_render_ms:.0f} ms{fps}")
 
     def _status(self, text: str) -> None:
-        status = getattr(self, "_status_text", None)
-        if status is not None:
-            status.content = text
+        if self._status_text is not None:
+            self._status_text.content = text
 
     def _on_connect(self, client) -> None:
         self._place_camera(client)
@@ -291,7 +292,6 @@ class AvatarViewer:
         view = gui.add_dropdown("Main view", options=VIEWS, initial_value=VIEWS[0])
         view.on_update(lambda _event: self.set_view(view.value))
         self._status_text = gui.add_markdown("rendering...")
-        self._frame_slider = None
         if self.playback is not None:
             with gui.add_folder(f"Play: {self.playback.name}"):
                 play = gui.add_button("Play / Pause")

@@ -17,17 +17,13 @@ from gshead.testing import tiny_pipeline
 
 
 @pytest.fixture(scope="module")
-def pipeline_yaml(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_pipeline()), encoding="utf-8")
-    return path
+def pipeline_yaml(tiny_pipeline_yaml):
+    return tiny_pipeline_yaml
 
 
 @pytest.fixture(scope="module")
-def avatar_file(pipeline_yaml, tmp_path_factory):
-    out = tmp_path_factory.mktemp("av") / "astronaut.safetensors"
-    assert main(["reconstruct", "example:astronaut", "-o", str(out), "--pipeline", str(pipeline_yaml), "-q"]) == 0
-    return out
+def avatar_file(tiny_avatar_file):
+    return tiny_avatar_file
 
 
 def _error_line(capsys) -> str:

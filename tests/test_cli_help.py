@@ -11,12 +11,10 @@ import re
 import shlex
 
 import pytest
-import yaml
 
 from gshead.cli import COMMAND_ORDER, QUICK_START, build_parser, main
 from gshead.commands._help import example_lines
 from gshead.commands.bench import bench_pipeline
-from gshead.testing import tiny_pipeline
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -147,20 +145,13 @@ def test_bench_without_a_pipeline_or_with_two_is_one_line(capsys):
 
 # ------------------------------------------------------------------------------ --json
 @pytest.fixture(scope="module")
-def pipeline_yaml(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_pipeline()), encoding="utf-8")
-    return path
+def pipeline_yaml(tiny_pipeline_yaml):
+    return tiny_pipeline_yaml
 
 
 @pytest.fixture(scope="module")
-def avatar(pipeline_yaml, tmp_path_factory):
-    out = tmp_path_factory.mktemp("av") / "astronaut.safetensors"
-    assert (
-        main(["reconstruct", "example:astronaut", "-o", str(out), "--pipeline", str(pipeline_yaml), "-q"])
-        == 0
-    )
-    return out
+def avatar(tiny_avatar_file):
+    return tiny_avatar_file
 
 
 def _json(capsys) -> dict:

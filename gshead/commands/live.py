@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,18 +183,19 @@ def cmd_live(args) -> int:
     rows: list[list[Any]] = []
 
     def on_frame(image, stats) -> None:
+        known = not math.isnan(stats.fit_error_px)  # NaN: no face, the last parameters held
         server.publish(
             _jpeg(image),
             {
                 "index": stats.index, "shown": stats.shown, "dropped": stats.dropped,
                 "fps": round(stats.fps, 2), "latency_ms": round(stats.latency_ms, 1),
-                "fit_error_px": None if stats.fit_error_px != stats.fit_error_px else round(stats.fit_error_px, 3),
+                "fit_error_px": round(stats.fit_error_px, 3) if known else None,
                 "face": stats.face,
             },
         )  # fmt: skip
         if args.log is not None:
             rows.append([stats.index, stats.shown, stats.dropped, f"{stats.latency_ms:.2f}", f"{stats.fps:.2f}",
-                         "" if stats.fit_error_px != stats.fit_error_px else f"{stats.fit_error_px:.3f}", int(stats.face)])  # fmt: skip
+                         f"{stats.fit_error_px:.3f}" if known else "", int(stats.face)])  # fmt: skip
 
     stop = threading.Event()
     try:

@@ -236,7 +236,7 @@ def run_live(
     from gshead.core.pipeline import build_components
     from gshead.core.registry import get_registry
     from gshead.jobs.driving import relative_to_source
-    from gshead.jobs.tracking import StreamTracker
+    from gshead.jobs.tracking import StreamTracker, torch_threads
 
     config = loaded.config
     if not type(config.tracker).fits_motion:
@@ -291,50 +291,48 @@ def run_live(
                 except queue.Full:
                     pass
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    newest.start()
-    tracking = threading.Thread(target=track_stage, name="gshead-live-tracker", daemon=True)
-    tracking.start()
-    try:
-        with torch.inference_mode():
-            while stop is None or not stop.is_set():
-                item = handed.get()
-                if item is None:
-                    break
-                index, arrived, params, error, tracked_s = item
-                t1 = time.perf_counter()
-                if params is None:
-                    no_face += 1
-                else:
-                    reference = params if reference is None else reference
-                    last = relative_to_source(params, source_params, reference)
-                if last is None:  # no face tracked yet: the portrait as it was fitted
-                    last = source_params
-                image = session.render(last)
-                t2 = time.perf_counter()
-                shown += 1
-                if shown == 1:
-                    startup, started = t2 - started, t2
-                else:
-                    latencies.append(1e3 * (t2 - arrived))
-                    track_ms.append(1e3 * tracked_s)
-                    render_ms.append(1e3 * (t2 - t1))
-                elapsed = t2 - started
-                fps = (shown - 1) / elapsed if elapsed > 0 else float("nan")
-                on_frame(
-                    image,
-                    FrameStats(index, shown, newest.dropped, 1e3 * (t2 - arrived), fps, error, params is not None),
-                )
-                newest.first_done.set()
-                if max_frames is not None and index + 1 >= max_frames:
-                    break
-    finally:
-        halt.set()
-        newest.stop()
-        tracking.join(timeout=10)
-        source.close()
-        torch.set_num_threads(before)
+    with torch_threads(1):  # torch on one thread in each stage
+        newest.start()
+        tracking = threading.Thread(target=track_stage, name="gshead-live-tracker", daemon=True)
+        tracking.start()
+        try:
+            with torch.inference_mode():
+                while stop is None or not stop.is_set():
+                    item = handed.get()
+                    if item is None:
+                        break
+                    index, arrived, params, error, tracked_s = item
+                    t1 = time.perf_counter()
+                    if params is None:
+                        no_face += 1
+                    else:
+                        reference = params if reference is None else reference
+                        last = relative_to_source(params, source_params, reference)
+                    if last is None:  # no face tracked yet: the portrait as it was fitted
+                        last = source_params
+                    image = session.render(last)
+                    t2 = time.perf_counter()
+                    shown += 1
+                    if shown == 1:
+                        startup, started = t2 - started, t2
+                    else:
+                        latencies.append(1e3 * (t2 - arrived))
+                        track_ms.append(1e3 * tracked_s)
+                        render_ms.append(1e3 * (t2 - t1))
+                    elapsed = t2 - started
+                    fps = (shown - 1) / elapsed if elapsed > 0 else float("nan")
+                    on_frame(
+                        image,
+                        FrameStats(index, shown, newest.dropped, 1e3 * (t2 - arrived), fps, error, params is not None),
+                    )
+                    newest.first_done.set()
+                    if max_frames is not None and index + 1 >= max_frames:
+                        break
+        finally:
+            halt.set()
+            newest.stop()
+            tracking.join(timeout=10)
+            source.close()
     if failure:
         raise failure[0]
     if newest.error is not None:

@@ -63,7 +63,7 @@ from gshead.core.components import (
     Tracker,
 )
 from gshead.core.errors import InputError
-from gshead.core.types import Camera, CropBox, HeadParams
+from gshead.core.types import Camera, CropBox, HeadParams, Located
 from gshead.io.sequence import TrackedSequence
 
 if TYPE_CHECKING:
@@ -271,6 +271,45 @@ def _fit_points(
     return [params.select(i) for i in range(b)], [_camera_at(camera, i) for i in range(b)], error, torch.isfinite(error)
 
 
+def _box_filter(fps: float, smoothing: float) -> OneEuroFilter | None:
+    """The crop box's One-Euro filter at ``fps`` (an unusable rate: ``DEFAULT_FPS``); None when
+    ``smoothing`` is 0."""
+    rate = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+    return OneEuroFilter(rate, BOX_MIN_CUTOFF_HZ / smoothing, BOX_BETA) if smoothing > 0 else None
+
+
+def _find_face(
+    tracker: Tracker, frame: Tensor
+) -> tuple[CropBox | None, int, str | None, list[str], Located | None]:
+    """Where to crop ``frame`` [1, 3, H, W]: ``_face_box``'s (box, faces, why not, warnings), plus
+    the whole-frame landmarks of a ``FrameLandmarker`` (None for other trackers)."""
+    if not isinstance(tracker, FrameLandmarker):
+        return (*_face_box(tracker, frame), None)
+    located = tracker.locate(frame)
+    box, reason = _crop_of_face(tracker.config, located.face if located else None, frame)
+    return box, (located.faces if located else 0), reason, [], located
+
+
+def _fit_input(frame: Tensor, box: CropBox, located: Located | None, size: int) -> Tensor:
+    """What the fit takes for one frame: a ``FrameLandmarker``'s landmarks in the crop's pixels
+    [P, 2], else the crop [1, 3, size, size]."""
+    from gshead.io.media import crop_square
+
+    if located is None:
+        return crop_square(frame, box, size)
+    corner = torch.tensor([box.left, box.top], dtype=located.points.dtype)
+    return (located.points - corner) * (size / box.side)
+
+
+def _fit_inputs(
+    tracker: Tracker, inputs: list[Tensor], size: int
+) -> tuple[list[HeadParams | None], list[Camera | None], Tensor, Tensor]:
+    """``_fit_points`` or ``_fit_batch`` of several ``_fit_input`` results, as the tracker takes them."""
+    if isinstance(tracker, FrameLandmarker):
+        return _fit_points(tracker, torch.stack(inputs), size)
+    return _fit_batch(tracker, torch.cat(inputs))
+
+
 def _camera_at(camera: Camera, i: int) -> Camera:
     return Camera(
         camera.world_to_camera[i : i + 1], camera.intrinsics[i : i + 1], camera.width, camera.height
@@ -279,7 +318,7 @@ def _camera_at(camera: Camera, i: int) -> Camera:
 
 # ----------------------------------------------------------------------------- video / image
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """torch on ``n`` CPU threads inside, restored afterwards.
 
     Tracking runs torch on one thread: its work per frame is small tensors (crops, the fit), and on
@@ -318,9 +357,9 @@ def track_video(
     :param progress: called with the number of frames just finished, as tracking goes.
     :param source: how to name the input in messages.
 
-    Runs torch on one thread (``_torch_threads``).
+    Runs torch on one thread (``torch_threads``).
     """
-    with _torch_threads(1):
+    with torch_threads(1):
         return _track_video(
             tracker, frames, head_model=head_model, crop_size=crop_size, fps=fps, smoothing=smoothing,
             batch_size=batch_size, progress=progress, source=source,
@@ -339,8 +378,6 @@ def _track_video(
     progress: Callable[[int], Any] | None,
     source: str,
 ) -> TrackedSequence:
-    from gshead.io.media import crop_square
-
     if batch_size < 1:
         raise InputError(f"batch_size: expected at least 1, got {batch_size}")
     _check_smoothing(smoothing)
@@ -348,27 +385,22 @@ def _track_video(
     if isinstance(tracker, SequenceTracker):
         tracker = tracker.sequence()  # one identity, warm starts, MediaPipe's video mode
     rate = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
-    box_filter = OneEuroFilter(rate, BOX_MIN_CUTOFF_HZ / smoothing, BOX_BETA) if smoothing > 0 else None
+    box_filter = _box_filter(rate, smoothing)
 
     params: dict[int, HeadParams] = {}
     cameras: dict[int, Camera] = {}
     errors: dict[int, float] = {}
     boxes: list[Tensor] = []  # [3] (left, top, side) per frame
-    pending: list[tuple[int, Tensor]] = []  # (frame number, crop [1, 3, S, S]) waiting to be fitted
+    pending: list[tuple[int, Tensor]] = []  # (frame number, ``_fit_input``) waiting to be fitted
     first_reason: str | None = None
     most_faces, crowded = 0, 0
     said: dict[str, None] = {}  # the tracker's own warnings, once each
     last: Tensor | None = None  # last (filtered) box as (centre x, centre y, side)
 
-    on_frames = isinstance(tracker, FrameLandmarker)  # landmarks of whole frames, no crop images
-
     def flush() -> None:
         if not pending:
             return
-        if on_frames:
-            p, c, e, f = _fit_points(tracker, torch.stack([points for _, points in pending]), crop_size)
-        else:
-            p, c, e, f = _fit_batch(tracker, torch.cat([crop for _, crop in pending]))
+        p, c, e, f = _fit_inputs(tracker, [item for _, item in pending], crop_size)
         for j, (i, _) in enumerate(pending):
             if bool(f[j]) and p[j] is not None:
                 params[i], cameras[i], errors[i] = p[j], c[j], float(e[j])
@@ -379,12 +411,7 @@ def _track_video(
     count = 0
     for i, frame in enumerate(frames):
         count += 1
-        if on_frames:
-            located = tracker.locate(frame)
-            box, reason = _crop_of_face(tracker.config, located.face if located else None, frame)
-            faces, messages = (located.faces if located else 0), []
-        else:
-            box, faces, reason, messages = _face_box(tracker, frame)
+        box, faces, reason, messages, located = _find_face(tracker, frame)
         said.update(dict.fromkeys(messages))
         most_faces, crowded = max(most_faces, faces), crowded + (faces > 1)
         if reason is not None:  # no usable face: flagged, nothing to fit; the box is held
@@ -398,11 +425,7 @@ def _track_video(
         last = box_filter(_box_vector(box)) if box_filter is not None else _box_vector(box)
         box = _box_of(last)
         boxes.append(torch.tensor([box.left, box.top, box.side]))
-        if on_frames:  # the landmarks in the crop's pixels
-            corner = torch.tensor([box.left, box.top], dtype=located.points.dtype)
-            pending.append((i, (located.points - corner) * (crop_size / box.side)))
-        else:
-            pending.append((i, crop_square(frame, box, crop_size)))
+        pending.append((i, _fit_input(frame, box, located, crop_size)))
         if len(pending) >= batch_size:
             flush()
     flush()
@@ -451,34 +474,22 @@ class StreamTracker:
         _check_smoothing(smoothing)
         self.tracker = tracker.sequence() if isinstance(tracker, SequenceTracker) else tracker
         self.crop_size = int(crop_size)
-        rate = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
-        self._filter = OneEuroFilter(rate, BOX_MIN_CUTOFF_HZ / smoothing, BOX_BETA) if smoothing > 0 else None
+        self._filter = _box_filter(fps, smoothing)
         self.last_reason: str | None = None  # why the last frame had no usable face
 
     def __call__(self, frame: Tensor) -> tuple[HeadParams | None, float]:
         """(params [1] or None without a usable face, RMS fit error in pixels or NaN) for ``frame`` [1, 3, H, W]."""
-        from gshead.io.media import crop_square
-
         tracker, size = self.tracker, self.crop_size
-        on_frames = isinstance(tracker, FrameLandmarker)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # per-frame chatter; the caller counts frames without a face
-            if on_frames:
-                located = tracker.locate(frame)
-                box, reason = _crop_of_face(tracker.config, located.face if located else None, frame)
-            else:
-                box, _faces, reason, _said = _face_box(tracker, frame)
+            box, _faces, reason, _said, located = _find_face(tracker, frame)
             if reason is not None:
                 self.last_reason = reason
                 return None, float("nan")
             box = box or CropBox.centred(frame.shape[-1], frame.shape[-2])
             vector = _box_vector(box)
             box = _box_of(self._filter(vector) if self._filter is not None else vector)
-            if on_frames:
-                corner = torch.tensor([box.left, box.top], dtype=located.points.dtype)
-                p, _c, e, f = _fit_points(tracker, ((located.points - corner) * (size / box.side))[None], size)
-            else:
-                p, _c, e, f = _fit_batch(tracker, crop_square(frame, box, size))
+            p, _c, e, f = _fit_inputs(tracker, [_fit_input(frame, box, located, size)], size)
         if not bool(f[0]) or p[0] is None:
             self.last_reason = "the tracker found no face landmarks in the face crop"
             return None, float("nan")

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from gshead.cli import build_parser, main
 from gshead.commands._device import DEVICES, loaded_to, pipeline_to, resolve_device
 from gshead.core.errors import InputError
 from gshead.core.pipeline import Pipeline
 from gshead.io.avatar import load_avatar
-from gshead.testing import tiny_pipeline
 
 COMMANDS = {
     "reconstruct": ["example:astronaut", "-o", "a.safetensors"],
@@ -28,17 +26,13 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("device-cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_pipeline()), encoding="utf-8")
-    return path
+def tiny(tiny_pipeline_yaml):
+    return tiny_pipeline_yaml
 
 
 @pytest.fixture(scope="module")
-def avatar_file(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("device") / "a.safetensors"
-    assert main(["reconstruct", "example:astronaut", "-o", str(out), "--pipeline", str(tiny), "-q"]) == 0
-    return out
+def avatar_file(tiny_avatar_file):
+    return tiny_avatar_file
 
 
 @pytest.fixture

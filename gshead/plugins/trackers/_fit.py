@@ -69,7 +69,7 @@ def fit_linear(
     if identity is not None:
         z = identity.to(dev, targets.dtype)
         if jaw_rig is None:
-            jaw_rig = JawRig(head.landmark_rig(indices).with_identity(z, n_i + expr_index.to(dev)))
+            jaw_rig = JawRig.for_identity(head.landmark_rig(indices), z, expr_index.to(dev))
         x, uv = fit_frames(
             jaw_rig, targets, w2c, intrinsics, unit, x0, max(iterations, 1) * 2, expression_weight, jaw_weight
         )
@@ -169,7 +169,7 @@ def fit_linear(
     nearest = (torch.arange(b, device=dev)[:, None] - sub[None]).abs().argmin(1)
     x = xs[nearest].clone()
     x[sub] = xs  # the stage-1 frames start from their own solution
-    jaw_rig = JawRig(rig.with_identity(z, n_i + expr_index.to(dev)))
+    jaw_rig = JawRig.for_identity(rig, z, expr_index.to(dev))
     x, uv = fit_frames(
         jaw_rig, targets, w2c, intrinsics, unit, x, max(iterations, 1) * 2, expression_weight, jaw_weight
     )
@@ -220,6 +220,12 @@ class JawRig:
             block = rig.pose_basis[:, :, 9 * (jaw - 1) : 9 * jaw]  # [C, 3, 9] the jaw's correctives
             self.o = at_landmarks(block)  # [K, 3, 9]
             self.os = at_landmarks(s[:, None, None] * block)
+
+    @classmethod
+    def for_identity(cls, rig: Any, identity: Tensor, expr_index: Tensor) -> JawRig:
+        """The jaw rig of a ``LandmarkRig`` with ``identity`` [I] folded in and the expression
+        units ``expr_index`` [E] kept."""
+        return cls(rig.with_identity(identity, rig.identity_dim + expr_index))
 
     def parts(self, expression: Tensor, jaw: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(P [B, K, 3], Q [B, K, 3]) for expression [B, E], jaw [B, 3] and its rotation ``r`` [B, 3, 3]."""

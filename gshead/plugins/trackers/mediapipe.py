@@ -304,10 +304,8 @@ def _fit_landmarks(
         full = full.index_copy(1, expr_index, expr) if len(expr_index) else full
         return HeadParams(ident.expand(b, -1), full, jaw, neutral.eyes, rot, trans)
 
-    if fast and start is not None and identity is not None:  # a sequence: no placement, no identity fit
-        s = start.to(dev)
-        x0 = torch.cat([s.rotation, s.translation, s.jaw, s.expression[:, expr_index]], 1)
-        x0 = x0.float().expand(b, -1).clone()
+    def fit_fast(x0: Tensor) -> LandmarkFit:
+        """The landmark-rig path (``_fit.fit_linear``) from x0 [B, 9 + E']."""
         with torch.no_grad():
             x, z, proj = fit_linear(
                 head_model, targets, camera.world_to_camera.to(targets), camera.intrinsics.to(targets),
@@ -317,7 +315,15 @@ def _fit_landmarks(
         rot, trans, jaw, expr = x.split([3, 3, 3, len(expr_index)], 1)
         p = params_of(rot, trans, jaw, expr, z[None])
         error = (proj - targets).square().sum(-1).mean(1).sqrt()
+        p = HeadParams(
+            *(t.detach().clone() for t in (p.identity, p.expression, p.jaw, p.eyes, p.rotation, p.translation))
+        )
         return LandmarkFit(params=p, camera=camera, projected=proj.detach(), error_px=error)
+
+    if fast and start is not None and identity is not None:  # a sequence: no placement, no identity fit
+        s = start.to(dev)
+        x0 = torch.cat([s.rotation, s.translation, s.jaw, s.expression[:, expr_index]], 1)
+        return fit_fast(x0.float().expand(b, -1).clone())
 
     # Initial translation from the landmarks' centroid and spread against the neutral head's.
     with torch.no_grad():
@@ -369,20 +375,7 @@ def _fit_landmarks(
         return jx, jz
 
     if fast:
-        x0 = torch.cat([torch.zeros(b, 3, device=dev), trans0, torch.zeros(b, 3 + n_e, device=dev)], 1)
-        with torch.no_grad():
-            x, z, proj = fit_linear(
-                head_model, targets, camera.world_to_camera.to(targets), camera.intrinsics.to(targets),
-                unit, indices, expr_index, x0, iterations, identity_weight, expression_weight, jaw_weight,
-                identity=identity,
-            )
-        rot, trans, jaw, expr = x.split(sizes, 1)
-        p = params_of(rot, trans, jaw, expr, z[None])
-        error = (proj - targets).square().sum(-1).mean(1).sqrt()
-        p = HeadParams(
-            *(t.detach().clone() for t in (p.identity, p.expression, p.jaw, p.eyes, p.rotation, p.translation))
-        )
-        return LandmarkFit(params=p, camera=camera, projected=proj.detach(), error_px=error)
+        return fit_fast(torch.cat([torch.zeros(b, 3, device=dev), trans0, torch.zeros(b, 3 + n_e, device=dev)], 1))
 
     # Levenberg-Marquardt. The normal equations are block-structured: one n x n block per image
     # plus the shared identity, coupled through C_i = Jx_i^T Jz_i; the identity is solved first
@@ -800,7 +793,7 @@ class MediapipeSequence:
             expr_index = torch.tensor([names.index(e) for e in tracker.expressions], dtype=torch.long)
             dev = head.template.device
             rig = head.landmark_rig(tracker._model_index.to(dev))
-            self._rig = JawRig(rig.with_identity(self.identity.to(dev), head.identity_dim + expr_index.to(dev)))
+            self._rig = JawRig.for_identity(rig, self.identity.to(dev), expr_index.to(dev))
         return self._rig
 
     def _remember(self, fit: LandmarkFit | None) -> None:
