@@ -52,6 +52,7 @@ SETTINGS: BenchSettings = bench_settings()
 
 # name -> (YAML relative to the repository, slot overrides, rounds divisor for heavy pipelines)
 PIPELINES: dict[str, tuple[str, dict[str, Any], int]] = {
+    "default": ("gshead/configs/default.yaml", {}, 1),
     "reference": ("configs/reference.yaml", {}, 1),
     "separated-cpu": ("configs/separated-cpu.yaml", {}, 1),
     "gagavatar-anny": ("configs/gagavatar-anny.yaml", {}, 1),

@@ -6,6 +6,8 @@ recorded as ``refiner_share`` against the identity run measured in the same sess
 
 Targets (full mode, CPU, asserted on the median of this run):
 - ``separated-cpu`` at 256² with its light refiner: at least ``SEPARATED_FPS_TARGET`` FPS (issue #5).
+- ``default`` (the embedded pipeline) with its refiner: ``DEFAULT_FPS_TARGETS`` (issue #17 item 7:
+  40 FPS at 256², 25 at 512²).
 Both modes: the encoder-independence check (``gshead bench --contract`` machinery): per-frame
 driving time with the largest / smallest encoder within the mode's tolerance (full: [0.95, 1.05]).
 """
@@ -31,6 +33,9 @@ from gshead.benchmarking import synchronized
 
 SEPARATED_FPS_TARGET = 20.0
 """Issue #5: separated-cpu end-to-end driving at 256² on the project's 2-core CPU, median FPS."""
+
+DEFAULT_FPS_TARGETS = {256: 40.0, 512: 25.0}
+"""Issue #17 item 7: the embedded default pipeline's driving, refiner included, median FPS by size."""
 
 _medians: dict[tuple[str, str, int, str], float] = {}  # (pipeline, device, size, refiner) -> seconds
 
@@ -87,6 +92,9 @@ def test_drive_end_to_end(benchmark, name, device, size, refiner):
         assert fps >= SEPARATED_FPS_TARGET, (
             f"separated-cpu drives at {fps:.1f} FPS median at 256x256; target >= {SEPARATED_FPS_TARGET}"
         )
+    if SETTINGS.assert_targets and device == "cpu" and name == "default" and refiner == "own" and size in DEFAULT_FPS_TARGETS:
+        fps, target = 1.0 / median, DEFAULT_FPS_TARGETS[size]
+        assert fps >= target, f"the default pipeline drives at {fps:.1f} FPS median at {size}x{size}; target >= {target}"
 
 
 @pytest.mark.benchmark(group="end-to-end")

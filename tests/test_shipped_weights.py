@@ -28,7 +28,7 @@ def test_builtin_default_loads_strictly_and_changes_the_weights():
 
 
 def test_unknown_builtin_name_lists_the_shipped_ones():
-    with pytest.raises(AvatarFileError, match="expected one of: builtin:default"):
+    with pytest.raises(AvatarFileError, match="expected one of: builtin:default, builtin:reference"):
         load_pipeline_weights(Pipeline.default(), "builtin:nope")
 
 
@@ -42,7 +42,8 @@ def test_shipped_weights_beat_the_trivial_baseline_on_unseen_synthetic_heads(tmp
     head = pipeline.config.headmodel.name  # the data must be made with the pipeline's head model
     assert head == "anny-head"
     write_synthetic_dataset(
-        root, identities=3, frames=3, size=128, seed=12345, head_model=head, splits=(1.0, 0.0, 0.0), progress=False
+        root, identities=3, frames=3, size=pipeline.config.source_size, seed=12345, head_model=head,
+        splits=(1.0, 0.0, 0.0), progress=False,
     )
     load_pipeline_weights(pipeline, "builtin:default")
     ours, baseline = [], []

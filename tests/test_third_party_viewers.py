@@ -1,20 +1,28 @@
 """The exported avatar in real third-party WebGL splat viewers (issue #20, item 8).
 
-Two independent viewers from npm, run in headless Chromium with software WebGL (SwiftShader):
+Four independent viewers from npm, run in headless Chromium with software WebGL (SwiftShader):
 
 - mkkellogg's GaussianSplats3D (``@mkkellogg/gaussian-splats-3d``): the exported ``.ply`` and
   ``.splat`` (its ``.spz`` reader stops at format version 2; gshead writes version 3 or 4);
-- World Labs' Spark (``@sparkjsdev/spark``): ``.ply``, ``.splat`` and ``.spz``.
+- World Labs' Spark (``@sparkjsdev/spark``): ``.ply``, ``.splat`` and ``.spz``;
+- the PlayCanvas engine (``playcanvas``), the engine SuperSplat is built on: ``.ply`` (its
+  gsplat loader reads .ply and .sog, no .splat or .spz);
+- gsplat.js (``gsplat``): ``.ply`` and ``.splat`` (no .spz reader).
 
 Each page (``tests/viewers/``, bundled with esbuild into a cache folder, served from 127.0.0.1,
-nothing from a CDN) loads the file, sets its three.js camera from ``NAME.camera.json`` (the
-conversion is in ``tests/viewers/common.js``), draws 256x256 on black and sets
+nothing from a CDN) loads the file, sets its camera from ``NAME.camera.json`` (three.js and
+PlayCanvas: position, up and target, ``tests/viewers/common.js``; gsplat.js, an OpenCV camera:
+the world-to-camera matrix and the focal lengths), draws 256x256 on black and sets
 ``window.__ready``. The screenshot of the canvas must match gshead's own picture of the same
 Gaussians from the source camera (its rasterizer's first three feature channels, no refiner,
 black background) to ``MIN_PSNR``; the same screenshot against that picture turned upside down,
 and a file exported with the wrong ``--up``, must score ``UPSIDE_DOWN_MARGIN`` lower; and the face
 must be upright: MediaPipe's face mesh (an independent judge; it finds no face upside down) finds
 the eyes above the nose above the mouth, where it finds them in gshead's picture.
+
+``--layers all`` (the portrait's background as a lattice of splats behind the head): in Spark,
+outside the head the ``all`` export must match gshead's composite over its static background
+(``MIN_BACKGROUND_PSNR``) and beat the ``head`` export there by ``BACKGROUND_MARGIN``.
 
 The npm packages (exact versions: ``tests/viewers/package-lock.json``) are installed with
 ``npm ci`` into ``$GSHEAD_NPM_VIEWER_CACHE`` or ``~/.cache/gshead-tests/npm-viewers`` (also by
@@ -42,28 +50,48 @@ from gshead.cli import main
 
 VIEWERS = Path(__file__).resolve().parent / "viewers"
 PACKAGE_FILES = ("package.json", "package-lock.json")
-SOURCES = ("common.js", "gs3d.js", "spark.js")
+SOURCES = ("common.js", "gs3d.js", "spark.js", "playcanvas.js", "gsplatjs.js")
+PAGES = tuple(s for s in SOURCES if s != "common.js")
+"""The viewer pages: each is bundled on its own (``NAME.bundle.js``) and picked by ``?viewer=NAME``."""
 SIZE = 256
 
-CASES = [("gs3d", "ply"), ("gs3d", "splat"), ("spark", "ply"), ("spark", "splat"), ("spark", "spz")]
-"""(viewer, format) pairs: every format in at least one viewer, the PLY in both."""
+CASES = [
+    ("gs3d", "ply"), ("gs3d", "splat"),
+    ("spark", "ply"), ("spark", "splat"), ("spark", "spz"),
+    ("playcanvas", "ply"),
+    ("gsplatjs", "ply"), ("gsplatjs", "splat"),
+]  # fmt: skip
+"""(viewer, format) pairs: every format each viewer reads; the PLY in all four."""
 
-MIN_PSNR = 30.0
-"""dB, screenshot against gshead's picture. Measured 35.1-37.6 dB (docs/exports.md): the viewers
+VIEWER_NAMES = ("gs3d", "spark", "playcanvas", "gsplatjs")
+
+MIN_PSNR = {"gs3d": 30.0, "spark": 30.0, "playcanvas": 27.0, "gsplatjs": 30.0}
+"""dB, screenshot against gshead's picture, per viewer. Measured (docs/exports.md):
+GaussianSplats3D 37.4-37.6, Spark 35.1-35.6, gsplat.js 35.8, PlayCanvas 31.4: the viewers
 quantise colours and opacities to 8 bits (and .spz positions, scales and rotations), sort whole
-splats rather than per tile and cut the kernels off differently. 30 dB leaves 5 dB for other
-SwiftShader/Chromium builds (and passes Spark's default radial sort, 34.1 dB), and is far above
-what a wrong picture scores: upside down 11 dB, mirrored left-right 10 dB, wrong --up 10 dB."""
+splats rather than per tile and cut the kernels off differently (PlayCanvas's kernel is cut at
+e^-4 and renormalised to reach 0 there, which darkens faint overlapping splats). The floors leave
+4-7 dB for other SwiftShader/Chromium builds (30 also passes Spark's default radial sort, 34.1 dB)
+and are far above what a wrong picture scores: upside down 11 dB, mirrored left-right 10 dB,
+wrong --up 10 dB."""
 
 UPSIDE_DOWN_MARGIN = 10.0
-"""dB by which the upside-down controls must score lower (the issue asks for >= 3; measured 24-27)."""
+"""dB by which the upside-down controls must score lower (the issue asks for >= 3; measured 20.6-26.8)."""
 
 FACE_ROWS = {"eyes": (33, 263), "nose": (1,), "mouth": (13, 14)}
 """MediaPipe face-mesh points whose mean row says where the eyes, the nose tip and the mouth are."""
 
+MIN_BACKGROUND_PSNR = 32.0
+"""dB, ``--layers all`` in Spark outside the head (gshead's head alpha below 0.5) against gshead's
+composite over the static background. Measured 40.3 dB; the ``head`` export scores 2.4 there
+(black where the background should be)."""
+
+BACKGROUND_MARGIN = 20.0
+"""dB by which ``--layers all`` must beat ``--layers head`` outside the head (measured 37.9)."""
+
 MAX_ROW_SHIFT = 4.0
 """Pixels (of 256) by which a feature found in a screenshot may lie from where it is in gshead's
-picture. Measured: within 0.35 px."""
+picture. Measured: within 0.48 px."""
 
 LAUNCH_ARGS = [
     "--no-sandbox",
@@ -133,7 +161,7 @@ def _bundles(folder: Path) -> Path:
     for name in (*SOURCES, "package-lock.json"):
         digest.update((VIEWERS / name).read_bytes())
     out = folder / "bundles" / digest.hexdigest()[:16]
-    if all((out / f"{Path(s).stem}.bundle.js").is_file() for s in SOURCES if s != "common.js"):
+    if all((out / f"{Path(s).stem}.bundle.js").is_file() for s in PAGES):
         return out
     for old in (folder / "bundles").glob("*"):  # bundles of earlier sources
         shutil.rmtree(old, ignore_errors=True)
@@ -143,7 +171,7 @@ def _bundles(folder: Path) -> Path:
         shutil.copyfile(VIEWERS / name, src / name)
     esbuild = folder / "node_modules" / ".bin" / "esbuild"
     done = subprocess.run(
-        [str(esbuild), "src/gs3d.js", "src/spark.js", "--bundle", "--format=esm", f"--outdir={out}",
+        [str(esbuild), *(f"src/{s}" for s in PAGES), "--bundle", "--format=esm", f"--outdir={out}",
          "--entry-names=[name].bundle", "--log-level=error"],
         cwd=folder, check=False, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -202,6 +230,7 @@ def site(bundles, tmp_path_factory):
 
     from gshead.commands.export import export_params
     from gshead.io.avatar import load_avatar
+    from gshead.jobs.layers import without_torso
     from gshead.jobs.posing import export_gaussians
 
     root = tmp_path_factory.mktemp("viewer-site")
@@ -218,12 +247,14 @@ def site(bundles, tmp_path_factory):
         "head_splat.splat": [],
         "head_spz.spz": [],  # y up (RUB), the format's convention and export's default
         "wrong_up.ply": ["--up", "y"],  # the control: gshead's y-up world
+        "all_ply.ply": ["--layers", "all"],  # with the portrait's background behind the head
     }
     for name, extra in exports.items():
         assert main(["export", str(avatar), "-o", str(root / name), *extra]) == 0
 
     loaded = load_avatar(avatar)
-    gaussians = export_gaussians(loaded, export_params(loaded))  # what export writes, in gshead's world
+    gaussians = export_gaussians(loaded, export_params(loaded))  # in gshead's world
+    gaussians = without_torso(gaussians, loaded.avatar.body)  # what export writes (--layers head)
     camera = loaded.avatar.camera.resized(SIZE, SIZE)
     with torch.no_grad():
         render = loaded.rasterizer(gaussians, camera, torch.zeros(gaussians.features.shape[-1]))
@@ -231,6 +262,35 @@ def site(bundles, tmp_path_factory):
     picture = (picture * 255.0).round().astype(np.uint8)
     _save(picture, "gshead.png")
     return root, picture
+
+
+@pytest.fixture(scope="module")
+def composite(site):
+    """gshead's composite over the avatar's static background (what ``reenact`` shows, without the
+    refiner), uint8 [SIZE, SIZE, 3], and where the head covers it (its alpha >= 0.5, [SIZE, SIZE])."""
+    import torch
+    import torch.nn.functional as F
+
+    from gshead.commands.export import export_params
+    from gshead.io.avatar import load_avatar
+    from gshead.jobs.posing import export_gaussians
+
+    root, _ = site
+    loaded = load_avatar(root / "astronaut.safetensors")
+    assert loaded.avatar.background is not None, "the premise: the default pipeline keeps a static background"
+    gaussians = export_gaussians(loaded, export_params(loaded))
+    camera = loaded.avatar.camera.resized(SIZE, SIZE)
+    with torch.no_grad():
+        render = loaded.rasterizer(gaussians, camera, torch.zeros(gaussians.features.shape[-1]))
+        background = loaded.avatar.background  # resized as gshead.core.pipeline._over_background does
+        shrink = background.shape[-1] > SIZE
+        background = F.interpolate(
+            background, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=shrink
+        )
+        features = render.features + (1.0 - render.alpha) * background
+    picture = (features[0, :3].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    _save(picture, "gshead-composite.png")
+    return picture, render.alpha[0, 0].numpy() >= 0.5
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +383,8 @@ def test_viewer_shows_the_upright_face_gshead_renders(browser, site, face_mesh, 
     psnr = _psnr(shot, picture)
     upside_down = _psnr(shot, picture[::-1])
     print(f"{viewer} {fmt}: PSNR {psnr:.2f} dB, against gshead's picture upside down {upside_down:.2f} dB")
-    assert psnr >= MIN_PSNR, f"{viewer} {fmt}: PSNR {psnr:.2f} dB against gshead's render (< {MIN_PSNR})"
+    floor = MIN_PSNR[viewer]
+    assert psnr >= floor, f"{viewer} {fmt}: PSNR {psnr:.2f} dB against gshead's render (< {floor})"
     assert upside_down <= psnr - UPSIDE_DOWN_MARGIN, (psnr, upside_down)
     want = _rows(face_mesh, picture)
     assert _upright(want), f"the premise: gshead's own picture shows an upright face ({want})"
@@ -336,7 +397,7 @@ def test_viewer_shows_the_upright_face_gshead_renders(browser, site, face_mesh, 
     assert shift <= MAX_ROW_SHIFT, f"{viewer} {fmt}: features {shift:.1f} px from gshead's ({got} vs {want})"
 
 
-@pytest.mark.parametrize("viewer", ["gs3d", "spark"])
+@pytest.mark.parametrize("viewer", VIEWER_NAMES)
 def test_wrong_up_export_is_upside_down_in_the_viewer(browser, site, face_mesh, viewer):
     """The control: a .ply in gshead's y-up world (``--up y``) seen from the camera a 3DGS
     (OpenCV-convention) file has, i.e. what a 3DGS viewer shows of it, is upside down."""
@@ -347,3 +408,41 @@ def test_wrong_up_export_is_upside_down_in_the_viewer(browser, site, face_mesh, 
     print(f"{viewer}: right --up {right:.2f} dB, wrong --up {wrong:.2f} dB")
     assert wrong <= right - UPSIDE_DOWN_MARGIN, (right, wrong)
     assert not _upright(_rows(face_mesh, shot)), f"{viewer}: the wrong --up shows an upright face"
+
+
+def test_layers_all_shows_the_background(browser, site, composite):
+    """``--layers all``: the PLY gains the 128x128 background lattice, finite and behind the head
+    from the exported camera, and in Spark it shows the portrait's background where gshead's
+    composite does, far closer than the ``head`` export (black there)."""
+    import json
+
+    from gshead.io.ply import read_ply
+    from gshead.jobs.layers import BACKGROUND_GRID
+
+    root, _ = site
+    head, both = read_ply(root / "head_ply.ply"), read_ply(root / "all_ply.ply")
+    from gshead.io.avatar import load_avatar
+    from gshead.jobs.layers import TORSO_WEIGHT
+
+    layer = BACKGROUND_GRID**2
+    body = load_avatar(root / "astronaut.safetensors").avatar.body  # torso: still: 'all' adds the torso too
+    torso = 0 if body is None else int((body >= TORSO_WEIGHT).sum())
+    assert both.count == head.count + torso + layer, (head.count, torso, both.count)
+    for name, t in both.tensors().items():
+        assert np.isfinite(t.numpy()).all(), name
+    camera = json.loads((root / "all_ply.camera.json").read_text(encoding="utf-8"))
+    w2c = np.asarray(camera["world_to_camera"])
+    depth = both.means[0].double().numpy() @ w2c[2, :3] + w2c[2, 3]  # camera-space z, file convention
+    assert depth[-layer:].min() > depth[:-layer].max(), "the background lattice must lie behind the head"
+    picture, on_head = composite
+    outside = ~on_head
+    assert outside.mean() > 0.3, "the premise: the background shows around the head"
+    scores = {}
+    for name in ("all_ply", "head_ply"):
+        shot = browser("spark", f"{name}.ply", f"{name}.camera.json")
+        scores[name] = _psnr(shot[outside], picture[outside])
+    print(
+        f"spark outside the head vs gshead's composite: --layers all {scores['all_ply']:.2f} dB, head {scores['head_ply']:.2f} dB"
+    )
+    assert scores["all_ply"] >= MIN_BACKGROUND_PSNR, scores
+    assert scores["all_ply"] >= scores["head_ply"] + BACKGROUND_MARGIN, scores

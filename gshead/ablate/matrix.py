@@ -3,6 +3,7 @@
 A matrix YAML (``configs/ablations/*.yaml``)::
 
     base: ../reference.yaml          # a pipeline YAML (relative to this file) or an inline mapping
+    set: {source_size: 128}          # optional: dotted path -> one value, applied to the base first
     axes:                            # dotted config path -> values
       lifter.name: [single-plane, dual-plane]
       refiner: [{name: identity}, {name: light-unet, widths: [8, 16]}]
@@ -87,6 +88,41 @@ class TrainSettings(BaseModel):
     """Optimisation steps per variant."""
     config: str | None = None
     """Training config YAML, relative to the matrix file (passed to the trainer as a path)."""
+    seed: int | Literal["pipeline"] | None = None
+    """Training seed (batch order, sampled points): ``None`` keeps the training config's ``seed``;
+    an integer sets it for every variant; ``pipeline`` uses each variant's pipeline ``seed`` (the one
+    that initialises its modules), so a ``seed`` axis repeats the whole run with another seed."""
+    eval: HeldOutSettings | None = None
+    """Held-out evaluation after training (``quality.heldout_*`` columns); None: none."""
+
+
+class HeldOutSettings(BaseModel):
+    """Self-reenactment on a split the variant did not train on (``gshead.eval.protocols``, what
+    ``gshead eval DATASET --protocol self`` runs), after the variant's training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    data: str | None = None
+    """Dataset folder (relative to the folder ``gshead ablate`` runs in, like the training config's
+    ``data.root``); default: the training config's ``data.root``."""
+    split: str = "test"
+    """Split to evaluate on (the synthetic dataset's ``test`` identities are disjoint from ``train``)."""
+    targets: int = Field(4, ge=1)
+    """Target frames driven from each sample's source portrait."""
+    samples: int | None = Field(None, ge=1)
+    """Evaluate at most this many samples (clips) of the split; default all."""
+    seed: int = 0
+    """Seed choosing each sample's source and target frames (the same for every variant)."""
+    lpips_backbone: str | None = None
+    """LPIPS backbone weights (relative to the matrix file), with ``lpips_lin``; none: no LPIPS."""
+    lpips_lin: str | None = None
+    """LPIPS linear-layer weights (relative to the matrix file), with ``lpips_backbone``."""
+
+    @model_validator(mode="after")
+    def _lpips_pair(self) -> HeldOutSettings:
+        if bool(self.lpips_backbone) != bool(self.lpips_lin):
+            raise ValueError("lpips_backbone and lpips_lin go together; LPIPS needs both files")
+        return self
 
 
 class ResourceSettings(BaseModel):
@@ -109,6 +145,10 @@ class AblationMatrix(BaseModel):
 
     base: str | dict[str, Any]
     """The base pipeline: a YAML path relative to the matrix file, or an inline pipeline mapping."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Dotted config path -> one value, applied to the base before the axes and the same for every
+    variant (``source_size: 128``): changes a referenced base file without copying it, and adds
+    nothing to the variant ids."""
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     """Dotted config path -> values to try (``encoder.variant: [vits14, vitb14]``)."""
     mode: Literal["product", "list"] = "product"
@@ -192,25 +232,25 @@ def slug(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------- applying axes
-def check_axis_path(path: str, registry, where: str) -> None:
+def check_axis_path(path: str, registry, where: str, key: str = "axes") -> None:
     """ConfigError unless ``path`` is a pipeline setting, a slot, or a field some registered
-    component of that slot's kind has."""
+    component of that slot's kind has (``key``: the matrix key it is written under)."""
     parts = path.split(".")
     settings = list(PipelineSettings.model_fields)
     expected = f"expected a setting ({', '.join(settings)}), a slot ({', '.join(KINDS)}) or <slot>.<field>"
     if not all(parts) or len(parts) > 2:
-        raise ConfigError(f"{where}axes.{path}: not a config path; {expected}")
+        raise ConfigError(f"{where}{key}.{path}: not a config path; {expected}")
     head = parts[0]
     if len(parts) == 1:
         if head not in settings and head not in KINDS:
-            raise ConfigError(f"{where}axes.{path}: unknown setting or slot; {expected}")
+            raise ConfigError(f"{where}{key}.{path}: unknown setting or slot; {expected}")
         return
     if head not in KINDS:
-        raise ConfigError(f"{where}axes.{path}: {head!r} is not a component slot; {expected}")
+        raise ConfigError(f"{where}{key}.{path}: {head!r} is not a component slot; {expected}")
     fields = {f for spec in registry.components(head).values() for f in spec.config_class.model_fields}
     if parts[1] not in fields:
         raise ConfigError(
-            f"{where}axes.{path}: no registered {head} has a field {parts[1]!r}; "
+            f"{where}{key}.{path}: no registered {head} has a field {parts[1]!r}; "
             f"expected one of: {', '.join(sorted(fields))}"
         )
 
@@ -333,6 +373,13 @@ def _combinations(matrix: AblationMatrix, where: str) -> list[tuple[str | None, 
     return out
 
 
+def _train_digest_data(train: TrainSettings) -> dict[str, Any]:
+    """``train`` as digest data; the ``seed`` and ``eval`` fields only when set, so a matrix written
+    before they existed keeps its variant digests (and its stored results)."""
+    data = train.model_dump(mode="json")
+    return {k: v for k, v in data.items() if k not in ("seed", "eval") or v is not None}
+
+
 def expand(data: dict[str, Any], registry=None, path: Path | None = None) -> LoadedMatrix:
     """Expand a raw matrix mapping into validated variants (``path``: where relative paths start)."""
     from gshead.core.registry import get_registry
@@ -341,6 +388,9 @@ def expand(data: dict[str, Any], registry=None, path: Path | None = None) -> Loa
     where = f"{path}: " if path else "matrix: "
     matrix = _matrix_model(data, where)
     base = _base_config(matrix, path, where)
+    for setting, value in matrix.set.items():
+        check_axis_path(setting, registry, where, key="set")
+        apply_axis(base, setting, value)
     combos = _combinations(matrix, where)
     axis_paths = list(matrix.axes) or list(dict.fromkeys(k for _, c in combos for k in c))
     for axis in axis_paths:
@@ -348,7 +398,7 @@ def expand(data: dict[str, Any], registry=None, path: Path | None = None) -> Loa
     extra = json.dumps(
         {
             "measure": matrix.measure.model_dump(mode="json"),
-            "train": matrix.train and matrix.train.model_dump(),
+            "train": matrix.train and _train_digest_data(matrix.train),
         },
         sort_keys=True,
     )
@@ -376,6 +426,7 @@ def expand(data: dict[str, Any], registry=None, path: Path | None = None) -> Loa
 
 __all__ = [
     "AblationMatrix",
+    "HeldOutSettings",
     "LoadedMatrix",
     "MeasureSettings",
     "ResourceSettings",

@@ -8,13 +8,16 @@ variant. The CSV holds raw numbers (seconds, counts); the markdown shows them ro
 Plots (matplotlib, Agg backend; skipped with a note in ``results.md`` when it is not installed):
 ``fps_vs_params.png`` (driving FPS per render size against total parameters, log x) and, when
 quality columns exist, ``quality_vs_encoder.png`` (each quality column against encoder parameters,
-log x). Every file is written atomically.
+log x; with a ``seed`` axis, per-seed points and the mean over the seeds). With a ``seed`` axis,
+``results.md`` ends with a table over the seeds (mean ± standard deviation [min, max] per group of
+variants that differ only in the seed). Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,63 @@ def to_markdown(
     return text
 
 
+SEED_AXIS = "seed"
+"""The axis a matrix repeats runs over (the pipeline seed): rows that differ only in it are one group."""
+
+
+def _groups(rows: list[dict[str, Any]], axes: list[str]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(other axes' values, ok rows) for each group of ok rows that differ only in the seed axis, in
+    row order; empty unless the matrix has a ``seed`` axis."""
+    if SEED_AXIS not in axes:
+        return []
+    others = [a for a in axes if a != SEED_AXIS]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            groups.setdefault(tuple(r[a] for a in others), []).append(r)
+    return [(dict(zip(others, key)), members) for key, members in groups.items()]
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seed_summary(rows: list[dict[str, Any]], columns: list[str], axes: list[str]) -> str:
+    """A markdown table over the seeds: per group of rows that differ only in the ``seed`` axis,
+    the seeds, encoder parameters, and mean ± standard deviation [min, max] of every quality column
+    and of the median driving frame time per render size. Empty without a seed axis."""
+    groups = _groups(rows, axes)
+    if not groups:
+        return ""
+    others = [a for a in axes if a != SEED_AXIS]
+    quality = [c for c in columns if c.startswith("quality.")]
+    frames = [c for c in columns if c.startswith("frame_s@")]
+    head = [*others, "seeds", "params.encoder", "params.total", *quality, *frames]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for values, members in groups:
+        cells = [str(values[a]) for a in others]
+        cells.append(", ".join(str(r[SEED_AXIS]) for r in members))
+        for c in ("params.encoder", "params.total"):
+            counts = sorted({r[c] for r in members if r[c] != ""})
+            cells.append(" / ".join(_cell(c, n) for n in counts))
+        for c in [*quality, *frames]:
+            got = [float(r[c]) for r in members if r[c] != ""]
+            if not got:
+                cells.append("")
+                continue
+            mean, sd = _mean_spread(got)
+            scale, unit, digits = (1e3, " ms", 2) if c.startswith("frame_s@") else (1.0, "", 3)
+            text = f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}{unit}"
+            if len(got) > 1:
+                text += f" [{min(got) * scale:.{digits}f}, {max(got) * scale:.{digits}f}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _write(path: Path, text: str) -> None:
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
@@ -120,9 +180,12 @@ def _save(fig, path: Path) -> None:
 
 
 def write_plots(
-    rows: list[dict[str, Any]], columns: list[str], out_dir: Path
+    rows: list[dict[str, Any]], columns: list[str], out_dir: Path, axes: list[str] = ()
 ) -> tuple[list[Path], list[str]]:
-    """PNG plots of the ok rows; (files written, notes). No matplotlib: no files, one note."""
+    """PNG plots of the ok rows; (files written, notes). No matplotlib: no files, one note.
+
+    With a ``seed`` axis, ``quality_vs_encoder.png`` also draws the mean over the seeds of each
+    group (rows that differ only in the seed) as a line, and labels points by seed."""
     try:
         import matplotlib
 
@@ -154,19 +217,60 @@ def write_plots(
     quality_columns = [c for c in columns if c.startswith("quality.")]
     with_encoder = [r for r in ok if r["params.encoder"] not in ("", 0)]
     if with_encoder and quality_columns:
-        fig, axes = plt.subplots(
-            1, len(quality_columns), figsize=(5.5 * len(quality_columns), 4.2), squeeze=False
-        )
-        for ax, c in zip(axes[0], quality_columns):
-            points = [(r["params.encoder"], r[c], r["id"]) for r in with_encoder if r[c] != ""]
-            ax.scatter([p[0] for p in points], [p[1] for p in points])
-            for x, y, label in points:
-                ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        # Panels: the quality columns (those that are one value on every row, such as bad_steps 0,
+        # only when nothing else is left), then the driving frame time per render size, which the
+        # contract says must not depend on the encoder.
+        varying = [c for c in quality_columns if len({r[c] for r in with_encoder if r[c] != ""}) > 1]
+        panels = (varying or quality_columns) + [c for c in columns if c.startswith("frame_s@")]
+        constant = [c for c in quality_columns if c not in panels]
+        if constant:
+            notes.append(f"quality_vs_encoder.png leaves out {', '.join(constant)} (one value on every row)")
+        ncols = min(3, len(panels))
+        nrows = -(-len(panels) // ncols)
+        fig, plot_axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False)
+        for ax in plot_axes.flat[len(panels) :]:
+            ax.set_visible(False)
+        groups = [
+            (v, [r for r in m if r["params.encoder"] not in ("", 0)]) for v, m in _groups(ok, list(axes))
+        ]
+
+        def value(r, c):  # frame times in ms
+            return r[c] * 1e3 if c.startswith("frame_s@") else r[c]
+
+        for ax, c in zip(plot_axes.flat, panels):
+            points = [(r["params.encoder"], value(r, c), r["id"]) for r in with_encoder if r[c] != ""]
+            if groups:  # per-seed points, and the mean of each group as a line
+                for seed in dict.fromkeys(r[SEED_AXIS] for r in with_encoder):
+                    mine = [r for r in with_encoder if r[SEED_AXIS] == seed and r[c] != ""]
+                    ax.scatter(
+                        [r["params.encoder"] for r in mine],
+                        [value(r, c) for r in mine],
+                        s=18,
+                        alpha=0.7,
+                        label=f"seed {seed}",
+                    )
+                means = sorted(
+                    (
+                        statistics.fmean(r["params.encoder"] for r in m),
+                        statistics.fmean(value(r, c) for r in m),
+                    )
+                    for _, m in groups
+                    if m and all(r[c] != "" for r in m)
+                )
+                ax.plot([x for x, _ in means], [y for _, y in means], "k-o", ms=4, lw=1.2, label="mean")
+                ax.legend(fontsize=7)
+            else:
+                ax.scatter([p[0] for p in points], [p[1] for p in points])
+                for x, y, label in points:
+                    ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log")
             ax.set_xlabel("encoder parameters")
-            ax.set_ylabel(c[len("quality.") :])
+            ax.set_ylabel(
+                f"driving ms / frame at {c[8:]} px" if c.startswith("frame_s@") else c[len("quality.") :]
+            )
             ax.grid(True, which="both", alpha=0.3)
-        fig.suptitle("Quality vs encoder size")
+        fig.suptitle("Quality and driving time vs encoder size")
+        fig.tight_layout()
         path = out_dir / "quality_vs_encoder.png"
         _save(fig, path)
         plt.close(fig)
@@ -185,7 +289,7 @@ def write_report(
     axes = list(loaded.variants[0].axes) if loaded.variants else []
     columns, rows = table_rows(results, axes)
     if plots:
-        plots, notes = write_plots(rows, columns, out_dir)
+        plots, notes = write_plots(rows, columns, out_dir, axes)
     else:
         plots, notes = [], ["plots not drawn (--no-plots)"]
     failed = [r for r in rows if r["status"] != "ok"]
@@ -198,9 +302,16 @@ def write_report(
     notes.append(source)
     paths = {"csv": out_dir / "results.csv", "markdown": out_dir / "results.md"}
     _write(paths["csv"], to_csv(columns, rows))
-    _write(paths["markdown"], to_markdown(columns, rows, notes, [p.name for p in plots]))
+    text = to_markdown(columns, rows, notes, [p.name for p in plots])
+    summary = seed_summary(rows, columns, axes)
+    if summary:
+        text += (
+            "\n## Over the seeds\n\nmean ± standard deviation [min, max] over the seeds of each group.\n\n"
+        )
+        text += summary
+    _write(paths["markdown"], text)
     paths.update({p.stem: p for p in plots})
     return paths
 
 
-__all__ = ["table_rows", "to_csv", "to_markdown", "write_plots", "write_report"]
+__all__ = ["seed_summary", "table_rows", "to_csv", "to_markdown", "write_plots", "write_report"]

@@ -1,7 +1,8 @@
 """Run the variants of an ablation matrix: measure each, save one JSON per variant, resume later.
 
 Per variant (``run_variant``): build the pipeline; count parameters per component; optionally
-train (``train_variant``); reconstruct ``measure.repeats`` times (median time); check the contract
+train (``train_variant``, seeded by ``train.seed``) and evaluate on a held-out split
+(``heldout_metrics``, ``train.eval``: self-reenactment through ``gshead.eval.protocols``); reconstruct ``measure.repeats`` times (median time); check the contract
 on the real pipeline (isolation, immutability, output shape/range, frames that follow the head
 parameters); record a self-reconstruction PSNR; then, with the pipeline dropped so only the driving
 sessions remain, time ``measure.frames`` single frames at every render size after ``measure.warmup``
@@ -147,13 +148,17 @@ def _accepts(function: Callable, name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _stock_training_resuming(pipeline, config: str | None, steps: int, out_dir: Path) -> dict[str, float]:
+def _stock_training_resuming(
+    pipeline, config: str | None, steps: int, out_dir: Path, seed: int | None = None
+) -> dict[str, float]:
     """``gshead.train.run_training`` with ``Trainer.fit(resume=True)``: continue from the latest
-    checkpoint in ``out_dir``, and the saved metrics of a variant whose training had finished."""
+    checkpoint in ``out_dir``, and the saved metrics of a variant whose training had finished.
+    ``seed``: the training seed (default: the training config's)."""
     from gshead.train.config import TrainConfig, load_train_config
     from gshead.train.trainer import Trainer
 
-    settings = load_train_config(config, {"steps": steps}) if config is not None else TrainConfig(steps=steps)
+    overrides: dict[str, Any] = {"steps": steps} if seed is None else {"steps": steps, "seed": seed}
+    settings = load_train_config(config, overrides) if config is not None else TrainConfig(**overrides)
     result = Trainer(settings, out_dir, pipeline=pipeline, quiet=True).fit(resume=True, steps=steps)
     for module in pipeline.trainable_modules().values():
         module.eval()
@@ -172,7 +177,7 @@ def _stock_training_resuming(pipeline, config: str | None, steps: int, out_dir: 
 
 
 def train_variant(
-    pipeline, steps: int, config: str | None, out_dir: Path, resume: bool = True
+    pipeline, steps: int, config: str | None, out_dir: Path, resume: bool = True, seed: int | None = None
 ) -> dict[str, float]:
     """The training hook: ``gshead.train.run_training(pipeline, config=PATH|None, steps=N,
     out_dir=DIR) -> {metric: value}`` trains ``pipeline``'s modules in place and returns quality
@@ -182,7 +187,10 @@ def train_variant(
     ``resume``: continue from the latest checkpoint in ``out_dir`` (a killed variant picks up where
     it stopped): gshead's own trainer is driven with ``Trainer.fit(resume=True)`` (which also keeps
     the metrics of a run that had finished), another hook gets ``resume=True`` when it takes it, and
-    trains from the start otherwise."""
+    trains from the start otherwise.
+
+    ``seed``: the training seed (``train.seed`` of the matrix; None: the training config's); another
+    hook gets it as ``seed=`` when it takes that argument."""
     import importlib
 
     try:
@@ -201,13 +209,76 @@ def train_variant(
             "expected that hook, or remove 'train:' from the matrix"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {"seed": seed} if seed is not None and _accepts(run, "seed") else {}
     if resume and getattr(run, "__module__", None) == "gshead.train" and hasattr(train_module, "__path__"):
-        metrics = _stock_training_resuming(pipeline, config, steps, out_dir)  # keeps a finished run's metrics
+        # keeps a finished run's metrics
+        metrics = _stock_training_resuming(pipeline, config, steps, out_dir, seed=seed)
     elif resume and _accepts(run, "resume"):
-        metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir, resume=True) or {}
+        metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir, resume=True, **extra) or {}
     else:
-        metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir) or {}
+        metrics = run(pipeline, config=config, steps=steps, out_dir=out_dir, **extra) or {}
     return {str(k): float(v) for k, v in dict(metrics).items()}
+
+
+def training_seed(train: dict[str, Any], config: dict[str, Any]) -> int | None:
+    """The training seed a variant uses: ``train.seed`` as an integer, the variant's pipeline seed
+    for ``pipeline``, None (the training config's) when not set."""
+    seed = train.get("seed")
+    if seed == "pipeline":
+        return int(config.get("seed", 0))
+    return None if seed is None else int(seed)
+
+
+def _training_data_root(train_config: str | None) -> Path:
+    """The ``data.root`` of a training config (the trainer's default without one)."""
+    from gshead.train.config import TrainConfig, load_train_config
+
+    settings = load_train_config(train_config) if train_config is not None else TrainConfig()
+    return Path(settings.data.root)
+
+
+def heldout_metrics(
+    pipeline, settings: dict[str, Any], train_config: str | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Self-reenactment of ``pipeline`` on a held-out split: ``gshead.eval.protocols.evaluate``
+    (what ``gshead eval DATASET --protocol self`` runs) without a face tracker or identity model.
+
+    ``settings``: ``HeldOutSettings`` as JSON data (paths already resolved). Returns
+    (``{heldout_psnr, heldout_ssim[, heldout_lpips]}`` means over frames, ``{data, split,
+    samples, frames}``)."""
+    import torch
+
+    from gshead.core.errors import InputError
+    from gshead.data import ReenactmentDataset
+    from gshead.eval.protocols import MetricSuite, evaluate
+
+    root = Path(settings["data"]) if settings.get("data") else _training_data_root(train_config)
+    data = ReenactmentDataset(
+        root,
+        settings.get("split", "test"),
+        targets=int(settings.get("targets", 4)),
+        seed=int(settings.get("seed", 0)),
+    )
+    head = pipeline.config.headmodel.name
+    if data.info.head_model != head:
+        raise InputError(
+            f"{root}: parameters are for head model {data.info.head_model!r}; the pipeline uses {head!r}"
+        )
+    n = len(data) if settings.get("samples") is None else min(len(data), int(settings["samples"]))
+    lpips = None
+    if settings.get("lpips_backbone"):
+        from gshead.metrics.lpips import load_lpips
+
+        lpips = load_lpips(settings["lpips_backbone"], settings["lpips_lin"])
+    suite = MetricSuite(lpips=lpips, reasons={"tracker": "not measured by gshead ablate"})
+    parameter = next((p for m in pipeline.trainable_modules().values() for p in m.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    with torch.no_grad():
+        samples = (data[i].to(device) for i in range(n))
+        result, _ = evaluate(pipeline, samples, "self", suite)
+    metrics = {f"heldout_{k.lower()}": float(v) for k, v in result.means.items() if v is not None}
+    info = {"data": str(root), "split": data.split, "samples": result.samples, "frames": result.frames}
+    return metrics, info
 
 
 # ----------------------------------------------------------------------------------- one variant
@@ -307,7 +378,15 @@ def measure_variant(task: VariantTask) -> dict[str, Any]:
     quality: dict[str, float] = {}
     if task.train is not None:
         train_dir = prepare_train_dir(task)
-        quality.update(train_variant(pipeline, int(task.train["steps"]), task.train_config, train_dir))
+        seed = training_seed(task.train, task.config)
+        quality.update(
+            train_variant(pipeline, int(task.train["steps"]), task.train_config, train_dir, seed=seed)
+        )
+        if task.train.get("eval") is not None:
+            start = clock()
+            heldout, out["heldout"] = heldout_metrics(pipeline, task.train["eval"], task.train_config)
+            out["heldout"]["seconds"] = clock() - start
+            quality.update(heldout)
     with torch.no_grad():
         image = pipeline.prepare_image(read_image(task.image))
         times = []
@@ -405,6 +484,10 @@ def make_tasks(
     measure = m.measure.model_dump(mode="json")
     threads = m.measure.threads or threads or default_threads(workers)
     train = m.train.model_dump(mode="json") if m.train else None
+    if train and train.get("eval"):  # LPIPS files are relative to the matrix, like its other paths
+        for key in ("lpips_backbone", "lpips_lin"):
+            if train["eval"].get(key):
+                train["eval"][key] = loaded.resolve(train["eval"][key])
     train_config = loaded.resolve(m.train.config) if m.train and m.train.config else None
     return [
         VariantTask(
@@ -530,6 +613,7 @@ __all__ = [
     "build_pipeline",
     "default_threads",
     "failure_result",
+    "heldout_metrics",
     "is_finished",
     "make_tasks",
     "measure_variant",
@@ -540,4 +624,5 @@ __all__ = [
     "run_variant",
     "train_dir_of",
     "train_variant",
+    "training_seed",
 ]

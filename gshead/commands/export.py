@@ -4,7 +4,7 @@ or a Niantic ``.spz`` (the format is chosen by the output's extension).
     gshead export AVATAR -o head.ply|head.splat|head.spz [--up -y|y] [--scale S]
                   [--expression NAME=VALUE ...] [--jaw R] [--eyes 6 values]
                   [--pose RX RY RZ] [--translation TX TY TZ] [--sh-degree 3|0]
-                  [--spz-version 3|4] [--device cpu|cuda|auto] [--json]
+                  [--spz-version 3|4] [--layers head|all] [--device cpu|cuda|auto] [--json]
 
 The avatar's driver poses its rig for the head parameters (the avatar's own identity, neutral
 unless told otherwise); the static and the posed Gaussians are written together. Driving applies
@@ -27,7 +27,21 @@ so a viewer can open at the portrait's view. File layouts: ``gshead.io.ply``, ``
 ``gshead.io.spz`` (version 3 by default, read by every SPZ loader; ``--spz-version 4``, the
 reference library's newer zstd layout, needs the ``zstandard`` package).
 
+``--layers`` (``gshead.jobs.layers``): ``head`` (the default) writes the head's Gaussians (face,
+hair, neck; an avatar built with ``torso: still`` keeps its shoulders and chest as a layer of
+their own, left out here: ``gshead.jobs.layers.TORSO_WEIGHT``); ``all`` also writes the torso and the portrait's
+background, which an avatar built with ``background: static`` keeps as an image, as a 128x128
+lattice of flat, opaque splats on a plane behind the head (10% beyond its farthest Gaussian, seen
+from the source camera), unprojected through the source camera so that from ``NAME.camera.json``
+it fills the view as gshead's composite does. An avatar without one (``background: lifted``,
+whose background is in the head's Gaussians already) writes the head (and torso) only and says so
+in one note line.
+
 ``--device`` (cpu, the default; cuda; auto) is where the driver poses the Gaussians.
+
+``--driver demo|SEQ|VIDEO|CURVES -o DIR`` writes an animated export instead, a folder: the static
+Gaussians once, then per frame the head pose and the dynamic Gaussians' centres and rotations
+(layout: ``gshead.io.animation``; ``gshead.commands._animated``), played by ``gshead view DIR``.
 """
 
 from __future__ import annotations
@@ -99,6 +113,7 @@ def export(
     scale: float = 1.0,
     spz_version: int | None = None,
     device: str = "cpu",
+    layers: str = "head",
 ) -> int:
     """Load ``avatar_path``, pose it, write ``output`` (.ply, .splat or .spz) and its
     ``.camera.json`` atomically; returns the Gaussian count. ``up`` None: ``default_up(output)``."""
@@ -124,12 +139,21 @@ def export(
             zstandard_module()  # name a missing package before the (slow) load
     up = default_up(output) if up is None else up
     frame_matrix(up), check_scale(scale)  # refuse a bad --up or --scale before the (slow) load
+    from gshead.jobs.layers import LAYERS, export_layers
+
+    if layers not in LAYERS:
+        raise InputError(f"--layers {layers!r}: expected one of {', '.join(LAYERS)}")
     where = resolve_device(device)
     camera_path = camera_json_path(output)
     check_output(camera_path, accepts=(".json",), inputs=(avatar_path,), what="the camera JSON")
     loaded = loaded_to(load_avatar(avatar_path), where)
     params = export_params(loaded, expression, jaw, eyes, pose_degrees, translation).to("cpu")
     gaussians = export_gaussians(loaded, params.to(where)).to("cpu")
+    background = loaded.avatar.background  # --layers all: a lattice behind the head (gshead.jobs.layers)
+    body = loaded.avatar.body
+    gaussians, note = export_layers(gaussians, layers, background, loaded.avatar.camera.to("cpu"), body)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     gaussians = to_export_frame(gaussians, up, scale)
     centre = head_centre(loaded).to("cpu", params.rotation.dtype)  # the head's centre, posed like the head
     centre = params.pose_matrix()[0, :3, :3] @ centre + params.translation[0]
@@ -162,6 +186,12 @@ def camera_json_path(output: str):
 def cmd_export(args) -> int:
     from gshead.commands.headmodel import parse_assignments
 
+    if args.driver is not None and args.layers != "head":
+        raise InputError(f"--layers {args.layers}: applies to a single-frame export, not with --driver")
+    if args.driver is not None:  # an animated export: a folder (gshead.commands._animated)
+        from gshead.commands._animated import cmd_export_animation
+
+        return cmd_export_animation(args)
     count = export(
         args.avatar,
         args.output,
@@ -175,6 +205,7 @@ def cmd_export(args) -> int:
         scale=args.scale,
         spz_version=args.spz_version,
         device=args.device,
+        layers=args.layers,
     )
     output = args.output.lower()
     sh = f", SH degree {args.sh_degree}" if output.endswith(".ply") else ""
@@ -200,7 +231,7 @@ def cmd_export(args) -> int:
             "output": str(args.output), "camera": str(camera_json_path(args.output)), "gaussians": int(count),
             "up": up, "scale": args.scale,
             "sh_degree": args.sh_degree if output.endswith(".ply") else None,
-            "spz_version": spz_version,
+            "spz_version": spz_version, "layers": args.layers,
         }  # fmt: skip
         print(json.dumps(summary, indent=2))
     return 0
@@ -224,6 +255,10 @@ def add_parser(subparsers) -> None:
             "gshead export astronaut.safetensors -o astronaut.ply",
             "# mouth open, head turned 20 degrees, as a compressed .spz for y-up viewers\n"
             "gshead export astronaut.safetensors -o astronaut.spz --expression jawOpen=0.8 --pose 0 20 0",
+            "# with the portrait's background behind the head, as gshead composites it\n"
+            "gshead export astronaut.safetensors -o scene.ply --layers all",
+            "# the demo motion as an animated export folder, played by 'gshead view talk/'\n"
+            "gshead export astronaut.safetensors --driver demo -o talk/",
         ),
     )
     p.add_argument("avatar", metavar="AVATAR", help="avatar file written by 'gshead reconstruct'")
@@ -231,7 +266,7 @@ def add_parser(subparsers) -> None:
         "-o", "--output", required=True, metavar="FILE",
         help="file to write, the format chosen by the extension: .ply (standard 3DGS), .splat "
         "(antimatter15, 32 bytes a Gaussian) or .spz (Niantic, compressed, about 10x smaller than "
-        ".ply); NAME.camera.json is written beside it",
+        ".ply); NAME.camera.json is written beside it. With --driver: a folder (docs/exports.md)",
     )  # fmt: skip
     p.add_argument(
         "--up", choices=UP_CONVENTIONS, default=None,
@@ -282,6 +317,16 @@ def add_parser(subparsers) -> None:
         "--spz-version", type=int, choices=(3, 4), default=None,
         help=".spz only. 3 (default): gzip, read by every SPZ loader; 4: the reference library's "
         "newer zstd layout (needs the zstandard package)",
+    )  # fmt: skip
+    from gshead.commands._animated import add_animation_arguments
+
+    add_animation_arguments(p)
+    p.add_argument(
+        "--layers", choices=("head", "all"), default="head",
+        help="head (default): the head's Gaussians (face, hair, neck; without the still torso of a "
+        "torso: still avatar); all: also the torso and the portrait's background (background: static) as a 128x128 lattice of flat opaque splats on "
+        "a plane behind the head, filling the source camera's view (an avatar without one: the "
+        "head only, with a note)",
     )  # fmt: skip
     add_device_argument(p)
     p.add_argument(

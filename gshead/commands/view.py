@@ -1,5 +1,8 @@
 """``gshead view AVATAR``: serve the avatar in a local web viewer (see ``gshead.viewer``).
 
+``gshead view DIR`` (a folder written by ``gshead export AVATAR --driver SPEC -o DIR``) instead
+serves the animated export in gshead's WebGL player (``gshead.commands._animated``).
+
 ``--device`` (cpu, the default; cuda; auto) is where the avatar is driven and rendered."""
 
 from __future__ import annotations
@@ -9,6 +12,12 @@ import time
 
 
 def cmd_view(args) -> int:
+    from pathlib import Path
+
+    if Path(args.avatar).is_dir():  # a folder written by 'gshead export --driver': the web player
+        from gshead.commands._animated import cmd_view_animation
+
+        return cmd_view_animation(args)
     from gshead.io.avatar import load_avatar
     from gshead.core.errors import InputError
     from gshead.viewer import AvatarViewer, viewer_unavailable
@@ -40,13 +49,18 @@ def cmd_view(args) -> int:
         loaded, host=args.host, port=args.port, save_dir=args.save_dir, render_size=args.size, playback=playback
     )
     print(f"gshead view: open {viewer.url} in a browser (Ctrl-C to stop); frames are saved to {args.save_dir}", file=sys.stderr)
+    return serve_until_interrupted(viewer.close)
+
+
+def serve_until_interrupted(close) -> int:
+    """Keep a local server (running in its own threads) up until Ctrl-C, then ``close()`` it; 0."""
     try:
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        viewer.close()
+        close()
     return 0
 
 
@@ -62,14 +76,22 @@ def add_parser(sub) -> None:
             "as sliders move (every expression unit, jaw, eyes and head pose, angles in degrees, "
             "relative to the portrait); a second view shows the raw Gaussians in 3D. --driver plays "
             "the demo motion, a sequence, a video or ARKit curves. 'Save frame' writes the render "
-            "as a PNG. Runs until Ctrl-C.",
+            "as a PNG. Runs until Ctrl-C. Given a folder written by 'gshead export --driver', it "
+            "serves that animated export instead in gshead's WebGL player (three.js and Spark, "
+            "bundled by scripts/build_web_player.sh; nothing from a CDN).",
             "# open http://127.0.0.1:8080/ in a browser; saved frames go to shots/\n"
             "gshead view astronaut.safetensors --save-dir shots\n"
             "# play the demo motion (Play / Pause in the panel) at 256x256\n"
             "gshead view astronaut.safetensors --driver demo --size 256",
+            "# play an animated export (gshead export ... --driver demo -o talk/) in the WebGL player\n"
+            "gshead view talk/",
         ),
     )  # fmt: skip
-    p.add_argument("avatar", metavar="AVATAR", help="avatar file written by 'gshead reconstruct'")
+    p.add_argument(
+        "avatar", metavar="AVATAR|DIR",
+        help="avatar file written by 'gshead reconstruct', or a folder written by 'gshead export "
+        "--driver' to play in the WebGL player (needs scripts/build_web_player.sh run once)",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--save-dir", default=".", metavar="DIR", help="where 'Save frame' writes PNGs (default: current folder)")

@@ -58,6 +58,11 @@ class PipelineSettings(BaseModel):
     the static Gaussians outside the person are cut, and the background, filled in where the
     person was, is kept as an image shown behind the avatar in every frame: it never moves with
     the head."""
+    torso: Literal["head", "still"] = "head"
+    """'head': every static Gaussian moves with the head pose. 'still': the static Gaussians below
+    the chin (in the head model's frame) stay where the portrait put them while the head turns,
+    blended over the neck (``gshead.core.geometry.body_weights``), so the shoulders stay still and
+    the neck bends."""
 
 
 class PipelineConfig(PipelineSettings):

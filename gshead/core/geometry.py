@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gshead.core.errors import ShapeError
-from gshead.core.types import Camera, CropBox, MeshBinding
+from gshead.core.types import Camera, CropBox, Gaussians, MeshBinding
 
 __all__ = [
+    "body_weights",
+    "still_body",
     "quat_wxyz_to_xyzw",
     "quat_xyzw_to_wxyz",
     "quat_to_rotmat",
@@ -213,6 +215,48 @@ def fill_holes(image: Tensor, known: Tensor) -> Tensor:
         share = w.clamp(0, 1)
         filled = share * own + (1 - share) * up
     return torch.where(known > 0.5, image, filled)
+
+
+# -- a still torso under a moving head ------------------------------------------------------------
+NECK_START = 0.15
+NECK_LENGTH = 0.6
+"""``body_weights``: the neck blend starts ``NECK_START`` and is complete ``NECK_START +
+NECK_LENGTH`` half face heights below the chin."""
+
+
+def body_weights(means: Tensor, landmarks: Tensor) -> Tensor:
+    """How much each point stays with a still torso: [B, N] in [0, 1] for head-space ``means``
+    [B, N, 3], from the head model's ``landmarks`` [B, L, 3] (head space, y up). 0 at and above the
+    chin (the lowest landmark), rising smoothly (smoothstep) over the neck to 1 below it; lengths
+    in half the landmarks' height (about the chin-to-eye distance), so any head model's scale fits."""
+    y = landmarks[..., 1]  # [B, L]
+    chin = y.amin(1, keepdim=True)  # [B, 1]
+    half = 0.5 * (y.amax(1, keepdim=True) - chin).clamp_min(1e-6)
+    t = ((chin - NECK_START * half - means[..., 1]) / (NECK_LENGTH * half)).clamp(0.0, 1.0)  # [B, N]
+    return t * t * (3.0 - 2.0 * t)
+
+
+def still_body(gaussians: Gaussians, weight: Tensor, relative: Tensor) -> Gaussians:
+    """Head-space ``gaussians`` [1, N] with the parts of weight ``weight`` [1, N] held still while
+    the head moves: ``relative`` [B, 4, 4] = pose(frame)^-1 pose(source) takes a point the source
+    pose put in the world back into the frame's head space. Linear blend between not moving (0)
+    and ``relative`` (1): means x + w (A x - x); rotations turned by the rotation of ``relative``
+    scaled by w (axis-angle). Returns [B, N]."""
+    import roma
+
+    a = relative.to(gaussians.means.dtype)
+    b = a.shape[0]
+    moving = (weight[0] > 0).nonzero()[:, 0]  # only the torso and neck: the head's Gaussians stay
+    x = gaussians.means[:, moving]  # [1, K, 3]
+    w = weight[:, moving].to(x.dtype)[..., None]  # [1, K, 1]
+    moved = x @ a[:, :3, :3].transpose(1, 2) + a[:, None, :3, 3]  # [B, K, 3]
+    rotvec = roma.rotmat_to_rotvec(a[:, :3, :3])[:, None] * w  # [B, K, 3]
+    turn = quat_xyzw_to_wxyz(roma.rotvec_to_unitquat(rotvec))  # [B, K, 4]
+    means = gaussians.means.expand(b, -1, -1).clone()
+    quats = gaussians.quats.expand(b, -1, -1).clone()
+    means[:, moving] = x + w * (moved - x)
+    quats[:, moving] = F.normalize(quat_multiply(turn, gaussians.quats[:, moving]), dim=-1)
+    return gaussians.moved(means, quats)
 
 
 # -- binding points to a mesh ---------------------------------------------------------------------

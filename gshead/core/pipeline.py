@@ -171,6 +171,12 @@ class Pipeline:
         background = None
         if self.config.background == "static":
             static, background = self._static_background(image, static, view)
+        body = None
+        if self.config.torso == "still":
+            from gshead.core.geometry import body_weights
+
+            with torch.no_grad():
+                body = body_weights(static.means.detach(), self.head_model(source).landmarks.to(static.means))
         provenance = Provenance(
             pipeline=dump_pipeline(self.config),
             head_model=self.config.headmodel.name,
@@ -179,7 +185,8 @@ class Pipeline:
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
         return Avatar(
-            static=static, rig=rig, source=source, camera=camera, provenance=provenance, background=background
+            static=static, rig=rig, source=source, camera=camera, provenance=provenance, background=background,
+            body=body,
         )
 
     def _static_background(self, image: Tensor, static: Gaussians, view: Camera) -> tuple[Gaussians, Tensor]:
@@ -198,6 +205,13 @@ class Pipeline:
         with torch.no_grad():
             person = self.tracker.segment(image).to(image)  # [1, 1, S, S]
             size = image.shape[-1]
+            share = float((person >= 0.5).to(image).mean())
+            if share < MIN_PERSON_SHARE:
+                raise InputError(
+                    f"background: static: the segmentation found no person in the portrait crop ({100 * share:.1f}% "
+                    f"of it; expected at least {100 * MIN_PERSON_SHARE:.0f}%, a head and shoulders); use a clearer "
+                    "portrait or background: lifted"
+                )
             uv = project_points(static.means.detach(), view)[0]  # [N, 2] source pixels
             ij = uv.round().long().clamp(0, size - 1)
             on_person = person[0, 0, ij[:, 1], ij[:, 0]] >= 0.5
@@ -319,6 +333,10 @@ class DrivingSession:
         return torch.cat([straight, a], 1)
 
 
+MIN_PERSON_SHARE = 0.02
+"""``background: static``: a segmentation covering less than this share of the crop is refused
+(the avatar would have no head left)."""
+
 BACKGROUND_MARGIN = 0.03
 """``background: static``: the person's segmentation is grown by this fraction of the crop side
 before the background is filled in, so the person's fringe does not stay in the background."""
@@ -370,11 +388,18 @@ def drive_frames(
     ([B, C, H, W]) and the image [B, 3, H, W]. ``check(stage)`` runs after each stage when given."""
     b = params.batch_size
     params = _root_for(driver, params.replace(identity=avatar.source.identity.expand(b, -1)))
-    camera = camera.expand(b).moved(params.pose_matrix())
+    pose = params.pose_matrix()  # [B, 4, 4]
+    camera = camera.expand(b).moved(pose)
     posed = driver.drive(avatar, params)
     if check:
         check("driver")
-    gaussians = Gaussians.cat([avatar.static, posed])
+    static = avatar.static
+    body = getattr(avatar, "body", None)  # Avatar.body (torso: still; stand-ins in tests may lack it)
+    if body is not None:
+        from gshead.core.geometry import still_body
+
+        static = still_body(static, body, torch.linalg.inv(pose) @ avatar.source.pose_matrix().to(pose))
+    gaussians = Gaussians.cat([static, posed])
     render = rasterizer(gaussians, camera, background)
     still = getattr(avatar, "background", None)  # Avatar.background (stand-ins in tests may lack it)
     if background is None and still is not None:

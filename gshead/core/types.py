@@ -349,6 +349,7 @@ class Avatar(_Container):
     camera: Camera  # [1] camera of the source portrait
     provenance: Provenance
     background: Tensor | None = None  # [1, C, S, S] feature image behind the avatar (background: static)
+    body: Tensor | None = None  # [1, Ns] per static Gaussian: 1 stays with the still torso, 0 moves with the head (torso: still)
 
 
 @dataclass(frozen=True)

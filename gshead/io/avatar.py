@@ -163,6 +163,7 @@ def load_avatar(path: str | Path, registry: Registry | None = None) -> LoadedAva
                 created=meta["created"],
             ),
             background=tensors.get("background"),  # background: static (absent in older files)
+            body=tensors.get("body"),  # torso: still (absent in older files)
         )
     except (KeyError, TypeError, ValueError, GsheadError) as exc:
         raise AvatarFileError(f"{path}: avatar file is missing or has malformed entries ({exc})") from None

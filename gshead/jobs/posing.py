@@ -62,7 +62,13 @@ def export_gaussians(loaded: LoadedAvatar, params: HeadParams) -> Gaussians:
     params = params.replace(identity=avatar.source.identity.expand(1, -1))
     with torch.no_grad():
         posed = loaded.driver.drive(avatar, params)  # [1, M]
-        everything = Gaussians.cat([avatar.static, posed])  # [1, Ns + M] in head space
+        static = avatar.static
+        if avatar.body is not None:  # torso: still: the torso where the source pose put it
+            from gshead.core.geometry import still_body
+
+            pose = params.pose_matrix()
+            static = still_body(static, avatar.body, torch.linalg.inv(pose) @ avatar.source.pose_matrix().to(pose))
+        everything = Gaussians.cat([static, posed])  # [1, Ns + M] in head space
         return posed_in_world(everything, params)
 
 

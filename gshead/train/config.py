@@ -94,6 +94,16 @@ class TrainConfig(_Strict):
 
     pipeline: str | dict[str, Any] = "default"
     """``default`` (the embedded pipeline), a pipeline YAML path, or an inline pipeline mapping."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameters kept at their starting values, by name prefix ``slot.module.path`` (as in a
+    pipeline-weights file), e.g. ``lifter.image_layer``: parts the data cannot teach (synthetic
+    heads have no hair or shoulders for the image layer). A prefix that names no parameter is
+    refused."""
+    pipeline_settings: dict[str, Any] = Field(default_factory=dict)
+    """Pipeline-wide settings replaced for training only, e.g. ``{source_size: 128, render_size:
+    128}`` to train a 256-pixel pipeline on 128-pixel data four times faster: pipeline weights
+    depend on the component slots, not on these sizes, so they load into the pipeline as
+    configured (``gshead.io.weights.load_pipeline_weights`` compares the slots only)."""
     weights: Path | None = None
     """Pipeline-weights file to start from (e.g. stage 1's ``step-*/model.safetensors``)."""
     data: DataConfig = DataConfig()
@@ -185,6 +195,21 @@ def build_pipeline(config: TrainConfig, registry=None):
     from gshead.core.pipeline import Pipeline
 
     spec = config.pipeline
+    if config.pipeline_settings:
+        import yaml
+
+        from gshead.core.config import PipelineSettings, default_pipeline_path
+
+        unknown = sorted(set(config.pipeline_settings) - set(PipelineSettings.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"pipeline_settings: {', '.join(unknown)} are not pipeline-wide settings; expected some of "
+                f"{', '.join(PipelineSettings.model_fields)}"
+            )
+        if not isinstance(spec, dict):
+            path = default_pipeline_path() if spec == "default" else spec
+            spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        spec = {**spec, **config.pipeline_settings}
     if isinstance(spec, dict):
         pipeline = Pipeline.from_dict(spec, registry)
     elif spec == "default":

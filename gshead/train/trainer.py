@@ -81,6 +81,21 @@ def lr_factor(step: int, schedule: ScheduleConfig, total: int) -> float:
     return 1.0 - (1.0 - r) * progress
 
 
+def _freeze(pipeline, prefixes: list[str]) -> None:
+    """``TrainConfig.freeze``: no gradient for the parameters named ``slot.path`` under a prefix."""
+    named = {
+        f"{kind}.{name}": p
+        for kind, module in pipeline.trainable_modules().items()
+        for name, p in module.named_parameters()
+    }
+    for prefix in prefixes:
+        hit = [p for name, p in named.items() if name == prefix or name.startswith(prefix + ".")]
+        if not hit:
+            raise ConfigError(f"freeze: {prefix!r} names no parameter of the pipeline (expected slot.module, e.g. lifter.image_layer)")
+        for p in hit:
+            p.requires_grad_(False)
+
+
 class _TrainModel(torch.nn.Module):
     """The pipeline's trainable modules as one module (for DDP and the optimiser); ``forward``
     computes the mean loss of a batch of samples."""
@@ -192,6 +207,7 @@ class Trainer:
         for component in self.pipeline.components().values():
             if isinstance(component, torch.nn.Module):
                 component.to(self.device)
+        _freeze(self.pipeline, config.freeze)
         self.model = _TrainModel(self.pipeline, config, perceptual)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -105,3 +105,14 @@ def test_reenact_background_white_or_transparent(avatars, tmp_path, mode):
         assert corner[..., 3].max() < 10 and face[..., 3].min() > 245
     else:
         assert corner.min() > 245 and face.mean() < 230
+
+
+def test_a_segmentation_without_a_person_is_refused(avatars, monkeypatch):
+    """A portrait the selfie segmentation finds no person in would leave an avatar without a head:
+    one-line InputError naming it, nothing built."""
+    from gshead.core.errors import InputError
+
+    pipe, _avatar, image = avatars["static"]
+    monkeypatch.setattr(pipe.tracker, "segment", lambda img: torch.zeros(1, 1, *img.shape[-2:]))
+    with pytest.raises(InputError, match="segmentation found no person"):
+        pipe.reconstruct(image)

@@ -70,6 +70,12 @@ class MeshAnchoredConfig(LifterConfig, SurfaceGaussianSettings):
     Gaussians on the moving triangles); null suits drivers without one (``mesh-bound``)."""
     hidden: int = Field(64, ge=4, le=1024)
     """Width of the per-anchor MLP."""
+    image_layer: int = Field(0, ge=0, le=512)
+    """R > 0 adds an R x R grid of pixel-aligned Gaussians for what the head mesh does not cover
+    (hair, neck, torso; with ``background: lifted`` the background too), on a shell at the depth
+    of the mesh's outline (``gshead.plugins.lifters._image_layer``); 0: the mesh's Gaussians only."""
+    image_layer_behind: float = Field(0.05, ge=0.0, le=1.0)
+    """How far the image layer sits behind the mesh's outline, in head widths."""
 
 
 class MeshAnchoredLifter(nn.Module):
@@ -95,6 +101,15 @@ class MeshAnchoredLifter(nn.Module):
         else:
             keep = (face_motion(context.head_model).amax(1) <= config.motion_threshold).nonzero()[:, 0]
         face_index, bary = seeded_anchors(keep, config.anchors_per_face, config.seed)
+        self.image_layer = None
+        if config.image_layer:
+            from gshead.plugins.lifters._image_layer import ImageLayer
+
+            self.image_layer = ImageLayer(
+                config.image_layer, context.feature_channels, context.encoder_channels[0],
+                context.encoder_global_channels, config.hidden, config.initial_opacity,
+                behind=config.image_layer_behind,
+            )  # fmt: skip
         self.register_buffer("face_index", face_index, persistent=False)  # [Ns]
         self.register_buffer("barycentric", bary, persistent=False)  # [Ns, 3]
 
@@ -117,6 +132,8 @@ class MeshAnchoredLifter(nn.Module):
             self.head, features, camera, self.face_index, self.barycentric, place, see, hm.faces,
             c.anchors_per_face, c.size, c.thickness, c.max_offset, c.max_log_scale,
         )  # fmt: skip
+        if self.image_layer is not None:
+            gaussians = Gaussians.cat([gaussians, self.image_layer(features, camera, see, hm.faces)])
         return gaussians
 
 
