@@ -322,7 +322,7 @@ def cmd_view_animation(args) -> int:
     print(
         f"gshead view: open {server.url} in a browser to play {args.avatar} (Ctrl-C to stop)", file=sys.stderr
     )
-    from gshead.commands.view import serve_until_interrupted
+    from gshead.commands._views import serve_until_interrupted
 
     return serve_until_interrupted(server.close)
 

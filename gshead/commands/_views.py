@@ -217,3 +217,17 @@ class GridWriter:
         mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
         with atomic_output(self.path) as tmp:
             Image.fromarray(np.ascontiguousarray(pixels), mode=mode).save(tmp, format="PNG")
+
+
+def serve_until_interrupted(close) -> int:
+    """Keep a local server (running in its own threads) up until Ctrl-C, then ``close()`` it; 0."""
+    import time
+
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close()
+    return 0

@@ -8,7 +8,6 @@ serves the animated export in gshead's WebGL player (``gshead.commands._animated
 from __future__ import annotations
 
 import sys
-import time
 
 
 def cmd_view(args) -> int:
@@ -49,19 +48,10 @@ def cmd_view(args) -> int:
         loaded, host=args.host, port=args.port, save_dir=args.save_dir, render_size=args.size, playback=playback
     )
     print(f"gshead view: open {viewer.url} in a browser (Ctrl-C to stop); frames are saved to {args.save_dir}", file=sys.stderr)
+    from gshead.commands._views import serve_until_interrupted
+
     return serve_until_interrupted(viewer.close)
 
-
-def serve_until_interrupted(close) -> int:
-    """Keep a local server (running in its own threads) up until Ctrl-C, then ``close()`` it; 0."""
-    try:
-        while True:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        close()
-    return 0
 
 
 def add_parser(sub) -> None:
