@@ -85,7 +85,7 @@ def test_main_job_on_the_embedded_default(tmp_path):
     assert main([*args, "-q"]) == 0
     assert main(["reenact", str(avatar), "--driver", "demo", "--frames", "8", "-o", str(video), "-q"]) == 0
     info = probe_video(video)
-    assert (info.frames, info.width, info.height, info.fps) == (8, 128, 128, 25.0)
+    assert (info.frames, info.width, info.height, info.fps) == (8, 256, 256, 25.0)  # the default renders 256²
     from gshead.io.media import read_video
 
     frames, _, _ = read_video(video)

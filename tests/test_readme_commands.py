@@ -10,7 +10,7 @@ Substitutions, only where the README's own values take too long on a 2-core CPU 
 ``SUBSTITUTIONS``): ``--fit-steps 100`` -> ``0``; the demo reenactments get ``--frames 4``; the
 dataset is ``-n 5 --frames 4 --splits 0.4 0.2 0.4`` instead of ``-n 100 --frames 8`` (still two
 test identities, so cross-reenactment runs); training stops after ``--steps 2`` and ``eval`` reads
-that checkpoint (``step-000002`` instead of ``step-002000``). Skipped, with the reason:
+that checkpoint (``step-000002`` instead of ``step-000150``). Skipped, with the reason:
 ``SKIPPED``. In the table tests: ``--size 64`` (reenact) and ``--size 128`` (headmodel render)
 instead of the pipeline's 128 / 512; ``bench`` on a small GAGAvatar-shaped YAML with
 ``--frames 3 --memory-budget 0.4`` (ViT-tiny against ViT-B; ``configs/reference.yaml``'s tiny-conv
@@ -38,7 +38,7 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
     "demo frames": ("--driver demo", "--driver demo --frames 4"),
     "dataset size": ("-n 100 --frames 8 --size 128", "-n 5 --frames 4 --size 128 --splits 0.4 0.2 0.4"),
     "training steps": ("-o runs/tiny", "-o runs/tiny --steps 2"),
-    "checkpoint": ("step-002000", "step-000002"),
+    "checkpoint": ("step-000150", "step-000002"),
 }
 SKIPPED = {
     "torchrun": "a DDP training run in several processes (minutes on this CPU); DDP is tested in tests/train",
@@ -221,7 +221,7 @@ def driving(readme_run):
     with VideoWriter(video, fps=25, width=200, height=200) as writer:
         writer.write(frames)
     _gshead(["track", video, "-o", "talk.safetensors", "--smoothing", "1", "--no-cache", "-q"], work)
-    _gshead(["track", "astronaut.png", "-o", "still.safetensors", "--pipeline", ROOT / "configs" / "reference.yaml", "-q"], work)
+    _gshead(["track", "astronaut.png", "-o", "still.safetensors", "--pipeline", ROOT / "gshead" / "configs" / "default.yaml", "-q"], work)
     return work, video, work / "astronaut.png", work / "talk.safetensors", work / "still.safetensors"
 
 
@@ -258,7 +258,7 @@ def test_reconstruct_options(readme_run, driving):
     # One run for three table rows: an image file, --pipeline, --fit-steps/--fit-lr, and --weights
     # with a pipeline-weights file (the README's training run's checkpoint of the default pipeline).
     checkpoint = work / "runs" / "tiny" / "checkpoints" / "step-000002" / "model.safetensors"
-    fit = _gshead(["reconstruct", image, "-o", "fitted.safetensors", "--pipeline", ROOT / "configs" / "reference.yaml",
+    fit = _gshead(["reconstruct", image, "-o", "fitted.safetensors", "--pipeline", ROOT / "gshead" / "configs" / "default.yaml",
                    "--weights", checkpoint, "--fit-steps", "2", "--fit-lr", "0.01", "-q"], work)
     assert "->" in fit.stdout + fit.stderr  # source-view PSNR before -> after
     load_avatar(work / "fitted.safetensors")

@@ -54,3 +54,14 @@ def test_shipped_weights_beat_the_trivial_baseline_on_unseen_synthetic_heads(tmp
         ours.append(_psnr(frames, sample.target_images))
         baseline.append(_psnr(sample.source_image.expand_as(sample.target_images), sample.target_images))
     assert sum(ours) / len(ours) > sum(baseline) / len(baseline) + 2.0
+
+
+def test_builtin_reference_loads_into_the_earlier_default():
+    """``builtin:reference``: the single-plane default's weights, for ``configs/reference.yaml``
+    (refused by the new default, whose lifter, driver and refiner differ)."""
+    from pathlib import Path
+
+    reference = Pipeline.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "reference.yaml")
+    load_pipeline_weights(reference, "builtin:reference")
+    with pytest.raises(AvatarFileError, match="weights for a different pipeline"):
+        load_pipeline_weights(Pipeline.default(), "builtin:reference")
