@@ -118,11 +118,10 @@ def export_animation(
         with torch.no_grad():
             dynamic = loaded.driver.drive(avatar, chunk.to(where)).to("cpu")  # [b, Nd] head space
             if neck is not None:  # torso: still: the torso and neck move against the head, per frame
-                from gshead.core.geometry import still_body
+                from gshead.core.geometry import torso_held
 
-                pose = chunk.pose_matrix()
-                relative = torch.linalg.inv(pose) @ avatar.source.to("cpu").pose_matrix().to(pose)
-                dynamic = Gaussians.cat([dynamic, still_body(neck, neck_weight, relative)])
+                held = torso_held(neck, neck_weight, chunk.pose_matrix(), avatar.source.to("cpu").pose_matrix())
+                dynamic = Gaussians.cat([dynamic, held])
         return to_export_frame(dynamic, up, scale), export_pose(chunk, up, scale)
 
     extra = {

@@ -43,6 +43,7 @@ from gshead.core.types import Camera, CropBox, Gaussians, MeshBinding
 __all__ = [
     "body_weights",
     "still_body",
+    "torso_held",
     "quat_wxyz_to_xyzw",
     "quat_xyzw_to_wxyz",
     "quat_to_rotmat",
@@ -257,6 +258,12 @@ def still_body(gaussians: Gaussians, weight: Tensor, relative: Tensor) -> Gaussi
     means[:, moving] = x + w * (moved - x)
     quats[:, moving] = F.normalize(quat_multiply(turn, gaussians.quats[:, moving]), dim=-1)
     return gaussians.moved(means, quats)
+
+
+def torso_held(gaussians: Gaussians, weight: Tensor, pose: Tensor, source_pose: Tensor) -> Gaussians:
+    """``still_body`` for a frame whose head pose is ``pose`` [B, 4, 4] (object to world) when the
+    portrait's is ``source_pose`` [1, 4, 4]: the relative motion is ``pose^-1 source_pose``."""
+    return still_body(gaussians, weight, torch.linalg.inv(pose) @ source_pose.to(pose))
 
 
 # -- binding points to a mesh ---------------------------------------------------------------------

@@ -396,9 +396,9 @@ def drive_frames(
     static = avatar.static
     body = getattr(avatar, "body", None)  # Avatar.body (torso: still; stand-ins in tests may lack it)
     if body is not None:
-        from gshead.core.geometry import still_body
+        from gshead.core.geometry import torso_held
 
-        static = still_body(static, body, torch.linalg.inv(pose) @ avatar.source.pose_matrix().to(pose))
+        static = torso_held(static, body, pose, avatar.source.pose_matrix())
     gaussians = Gaussians.cat([static, posed])
     render = rasterizer(gaussians, camera, background)
     still = getattr(avatar, "background", None)  # Avatar.background (stand-ins in tests may lack it)

@@ -64,10 +64,9 @@ def export_gaussians(loaded: LoadedAvatar, params: HeadParams) -> Gaussians:
         posed = loaded.driver.drive(avatar, params)  # [1, M]
         static = avatar.static
         if avatar.body is not None:  # torso: still: the torso where the source pose put it
-            from gshead.core.geometry import still_body
+            from gshead.core.geometry import torso_held
 
-            pose = params.pose_matrix()
-            static = still_body(static, avatar.body, torch.linalg.inv(pose) @ avatar.source.pose_matrix().to(pose))
+            static = torso_held(static, avatar.body, params.pose_matrix(), avatar.source.pose_matrix())
         everything = Gaussians.cat([static, posed])  # [1, Ns + M] in head space
         return posed_in_world(everything, params)
 

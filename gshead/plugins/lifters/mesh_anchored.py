@@ -115,7 +115,8 @@ class MeshAnchoredLifter(nn.Module):
 
     @property
     def count(self) -> int:
-        """Number of static Gaussians this lifter makes."""
+        """Number of mesh-anchored Gaussians this lifter makes (the image layer adds its own after them,
+        a number that depends on the portrait)."""
         return self.face_index.shape[0]
 
     def forward(self, features: FeatureMaps, source: HeadParams, camera: Camera) -> Gaussians:
