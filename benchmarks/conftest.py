@@ -118,7 +118,8 @@ class Built:
 
     def session(self, render_size: int, refiner: dict | None = None):
         """A driving session at ``render_size``², with the pipeline's refiner or one built from the
-        ``refiner`` slot (e.g. ``{"name": "identity"}``) in its place."""
+        ``refiner`` slot (e.g. ``{"name": "identity"}``) in its place, rasterizing at the
+        pipeline's ``raster_size`` as ``Pipeline.session`` does."""
         from gshead.core.config import validate_pipeline
         from gshead.core.pipeline import DrivingSession, build_component
 
@@ -138,6 +139,7 @@ class Built:
             module,
             render_size=render_size,
             forbidden=pipe.reconstruction_types(),
+            raster_size=pipe.config.raster_size,
         )
 
 

@@ -52,6 +52,12 @@ class PipelineSettings(BaseModel):
     """Side of the square source crop given to the encoder, in pixels."""
     render_size: int = Field(128, ge=16, le=4096)
     """Side of the square images rendered when driving, in pixels."""
+    raster_size: int | None = Field(None, ge=16, le=4096)
+    """Largest side the rasterizer and the refiner work at when driving; a larger output (a larger
+    ``render_size`` or ``--size``) is rendered and refined at this side and upsampled (bilinear)
+    to the output, as GAGAvatar renders its features at 256² for 512² images. Worth it when the
+    avatar holds no more detail than this (its colours come from a ``source_size`` crop). null:
+    always the output size."""
     background: Literal["lifted", "static"] = "lifted"
     """'lifted': the whole crop, background included, becomes Gaussians that move with the head.
     'static': the tracker segments the portrait (it must be a ``Segmenter``, e.g. ``mediapipe``);

@@ -256,7 +256,7 @@ class Pipeline:
             self.refiner,
             render_size=render_size or self.config.render_size,
             forbidden=self.reconstruction_types(),
-            **kwargs,
+            **{"raster_size": self.config.raster_size, **kwargs},
         )
 
     def reconstruction_types(self) -> tuple[type, ...]:
@@ -301,6 +301,7 @@ class DrivingSession:
         render_size: int | None = None,
         background: Tensor | None = None,
         forbidden: tuple[type, ...] = (),
+        raster_size: int | None = None,
     ) -> None:
         self.avatar = avatar
         self.driver = driver
@@ -309,6 +310,8 @@ class DrivingSession:
         size = render_size or avatar.camera.width
         self.camera = avatar.camera.resized(size, size * avatar.camera.height // avatar.camera.width)
         self.background = background
+        self.raster_size = raster_size
+        self._cache: dict[Any, Any] = {}  # per-session constants of drive_frames (see there)
         self._guard = contract.AvatarGuard(avatar)
         contract.check_isolation(self, forbidden)
 
@@ -324,11 +327,13 @@ class DrivingSession:
         """
         render, image = drive_frames(
             self.avatar, params, camera or self.camera, self.driver, self.rasterizer, self.refiner,
-            self.background, check=self._guard.check,
+            self.background, check=self._guard.check, raster_size=self.raster_size, cache=self._cache,
         )
         if not alpha:
             return image
         a = render.alpha.to(image).clamp(0, 1)
+        if a.shape[-2:] != image.shape[-2:]:
+            a = F.interpolate(a, size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
         straight = torch.where(a > 1e-4, image / a.clamp_min(1e-4), torch.zeros_like(image)).clamp(0, 1)
         return torch.cat([straight, a], 1)
 
@@ -342,16 +347,42 @@ BACKGROUND_MARGIN = 0.03
 before the background is filled in, so the person's fringe does not stay in the background."""
 
 
-def _over_background(render: Render, background: Tensor) -> Render:
+def _over_background(render: Render, background: Tensor, cache: dict | None = None) -> Render:
     """``render`` composited over the avatar's static ``background`` [1, C, S, S] (resized to the
     render): features + (1 - alpha) background. The background is the source view's; it stays on
-    the screen whatever the camera does."""
-    bg = background.to(render.features)
+    the screen whatever the camera does. With a ``cache`` dict (a driving session, no autograd)
+    the resized background is kept per size, trimmed to the channels that hold anything (the
+    colour ones), and the render's features are updated in place."""
     h, w = render.features.shape[-2:]
-    if bg.shape[-2:] != (h, w):
-        shrink = bg.shape[-1] > w
-        bg = F.interpolate(bg, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
-    return dataclasses.replace(render, features=render.features + (1.0 - render.alpha) * bg)
+    key = ("background", h, w, render.features.dtype, render.features.device)
+    bg = cache.get(key) if cache is not None else None
+    if bg is None:
+        bg = background.to(render.features)
+        if bg.shape[-2:] != (h, w):
+            shrink = bg.shape[-1] > w
+            bg = F.interpolate(bg, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+        if cache is not None:
+            nonzero = (bg.flatten(2).abs().amax(-1)[0] > 0).nonzero()
+            bg = bg[:, : int(nonzero.max()) + 1 if nonzero.numel() else 0].contiguous()
+            cache[key] = bg
+    features = render.features
+    if cache is None or not features.is_contiguous():  # a new tensor: features + bg - alpha * bg
+        bg = F.pad(bg, (0, 0, 0, 0, 0, features.shape[1] - bg.shape[1]))
+        return dataclasses.replace(render, features=torch.addcmul(features + bg, render.alpha, bg, value=-1.0))
+    k = bg.shape[1]  # the background's channels past k are zero
+    features[:, :k] += bg
+    features[:, :k].addcmul_(render.alpha, bg, value=-1.0)
+    return render
+
+
+def raster_camera(camera: Camera, raster_size: int | None) -> Camera:
+    """The camera the rasterizer renders through for output ``camera``: ``camera`` itself, or, when
+    its longer side exceeds ``raster_size``, the same view at that longer side (aspect kept)."""
+    longest = max(camera.width, camera.height)
+    if raster_size is None or longest <= raster_size:
+        return camera
+    scale = raster_size / longest
+    return camera.resized(max(1, round(camera.width * scale)), max(1, round(camera.height * scale)))
 
 
 def _root_for(driver, params: HeadParams) -> HeadParams:
@@ -380,13 +411,27 @@ def drive_frames(
     refiner,
     background: Tensor | None = None,
     check=None,
+    raster_size: int | None = None,
+    cache: dict | None = None,
 ) -> tuple[Render, Tensor]:
     """One driving step for B frames, differentiable: the avatar's identity replaces
     ``params.identity``, the driver poses the rig, the head pose becomes camera motion (a
     ``params.root`` too, unless the driver ``applies_root``: ``_root_for``), the rasterizer splats
     static + posed Gaussians, the refiner makes RGB. Returns the ``Render``
-    ([B, C, H, W]) and the image [B, 3, H, W]. ``check(stage)`` runs after each stage when given."""
+    ([B, C, h, w]) and the image [B, 3, H, W] at ``camera``'s size. ``check(stage)`` runs after each
+    stage when given.
+
+    ``raster_size`` (``PipelineSettings.raster_size``): when ``camera`` is larger, the rasterizer
+    and the refiner work at this longer side (``raster_camera``) and the refined image is
+    upsampled (bilinear) to ``camera``'s size, as GAGAvatar renders its features at 256² for a
+    512² output. ``cache``: a dict owned by the caller (a ``DrivingSession``) for constants that
+    depend only on the avatar (the resized static background, the still torso's indices); only
+    used without autograd, so training always recomputes them."""
     b = params.batch_size
+    out_size = (camera.height, camera.width)
+    camera = raster_camera(camera, raster_size)
+    if torch.is_grad_enabled():
+        cache = None
     params = _root_for(driver, params.replace(identity=avatar.source.identity.expand(b, -1)))
     pose = params.pose_matrix()  # [B, 4, 4]
     camera = camera.expand(b).moved(pose)
@@ -395,18 +440,37 @@ def drive_frames(
         check("driver")
     static = avatar.static
     body = getattr(avatar, "body", None)  # Avatar.body (torso: still; stand-ins in tests may lack it)
-    if body is not None:
+    if body is not None and cache is not None:  # the still and the moving parts, split once
+        from gshead.core.geometry import held_still
+
+        if "torso" not in cache:
+            moving = body[0] > 0
+            parts = static.tensors()
+            cache["torso"] = (
+                Gaussians(**{k: v[:, ~moving] for k, v in parts.items()}),  # head: the camera moves them
+                Gaussians(**{k: v[:, moving] for k, v in parts.items()}),  # neck and torso
+                body[:, moving],
+                avatar.source.pose_matrix(),
+            )
+        head, torso, weight, source_pose = cache["torso"]
+        means, quats = held_still(torso.means, torso.quats, weight, torch.linalg.inv(pose) @ source_pose.to(pose))
+        parts = [head, torso.moved(means, quats), posed]
+    elif body is not None:
         from gshead.core.geometry import torso_held
 
-        static = torso_held(static, body, pose, avatar.source.pose_matrix())
-    gaussians = Gaussians.cat([static, posed])
+        parts = [torso_held(static, body, pose, avatar.source.pose_matrix()), posed]
+    else:
+        parts = [static, posed]
+    gaussians = Gaussians.cat(parts)
     render = rasterizer(gaussians, camera, background)
     still = getattr(avatar, "background", None)  # Avatar.background (stand-ins in tests may lack it)
     if background is None and still is not None:
-        render = _over_background(render, still)
+        render = _over_background(render, still, cache)
     if check:
         check("rasterizer")
     image = refiner(render)
+    if image.shape[-2:] != out_size:
+        image = F.interpolate(image, size=out_size, mode="bilinear", align_corners=False).clamp(0.0, 1.0)
     if check:
         check("refiner")
     return render, image

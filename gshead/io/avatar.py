@@ -85,6 +85,7 @@ class LoadedAvatar:
         from gshead.core.pipeline import DrivingSession
 
         size = render_size or self.config.render_size
+        kwargs = {"raster_size": self.config.raster_size, **kwargs}
         return DrivingSession(self.avatar, self.driver, self.rasterizer, self.refiner, render_size=size, **kwargs)
 
 

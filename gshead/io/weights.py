@@ -117,7 +117,8 @@ def load_pipeline_weights(pipeline, path) -> None:
     weights shipped with gshead) into this pipeline's modules, strictly.
 
     The file's pipeline config must equal this one in ``feature_channels``, the head model's
-    name and every weighted slot (the encoder's ``weights`` path aside: the file replaces it).
+    name and every weighted slot (the encoder's ``weights`` path aside: the file replaces it; so do
+    the fields a slot's config class names in ``weights_neutral``, which change no weight).
     Every slot is checked before any is loaded; one-line ``AvatarFileError`` otherwise."""
     path = resolve_weights(path)
     tensors, meta = read_safetensors(path, "gshead pipeline-weights file", AvatarFileError)
@@ -146,6 +147,11 @@ def load_pipeline_weights(pipeline, path) -> None:
         return out
 
     a, b = relevant(theirs), relevant(ours)
+    for slot in slots:  # fields that change no weight (a config's ``weights_neutral``) are not compared
+        for name in getattr(type(getattr(pipeline.config, slot, None)), "weights_neutral", ()):
+            for cfg in (a, b):
+                if isinstance(cfg.get(slot), dict):
+                    cfg[slot].pop(name, None)
     if a != b:
         where = [k for k in a if a[k] != b[k]]
         k = where[0]

@@ -11,7 +11,17 @@ portrait (L1 plus a D-SSIM term, as in 3DGS) and optimises, with Adam, only Gaus
 - dynamic (rig) Gaussians: only the fields the pipeline's driver reads when driving, found by
   probing ``driver.drive`` with autograd (every built-in driver reads scales, opacities and
   features; ``expression-gaussians`` and ``light-control`` also the rest rotations; no driver
-  reads the rest centres, which it recomputes from the binding).
+  reads the rest centres, which it recomputes from the binding);
+- the rig's binding offsets (``MeshBinding.offset``), where the driver reads them (every
+  built-in driver does): each dynamic Gaussian's position in its own triangle's
+  frame, under the same head-surface prior as the static centres.
+
+Everything fitted lives in the head's local frames: static centres in head space, which the head
+pose moves rigidly (the still torso's part stays with the torso), dynamic positions and rotations
+in the frames of their triangles, which the expression moves. So detail fitted to the source view
+follows expressions and head pose when the avatar is driven; the priors keep what the source view
+does not constrain (a Gaussian hidden in the portrait gets no photometric gradient) where the
+reconstruction put it.
 
 The avatar's structure never changes: Gaussian counts, the binding, the latent code, the source
 parameters, the camera and the provenance are kept, so the fitted avatar saves, loads and drives
@@ -87,15 +97,18 @@ def _head_size(pipeline) -> float:
     return float((template.amax(0) - template.amin(0)).norm())
 
 
-def _driven_fields(pipeline, avatar: Avatar) -> tuple[str, ...]:
-    """The rig's dynamic-Gaussian fields that ``pipeline.driver.drive`` reads (autograd probe)."""
+def _driven_fields(pipeline, avatar: Avatar) -> tuple[tuple[str, ...], bool]:
+    """The rig's dynamic-Gaussian fields that ``pipeline.driver.drive`` reads, and whether it reads
+    the binding offsets (autograd probe)."""
     d = avatar.rig.dynamic
     leaves = {name: getattr(d, name).detach().clone().requires_grad_(True) for name in GAUSSIAN_FIELDS}
-    probe = avatar.replace(rig=avatar.rig.replace(dynamic=Gaussians(**leaves)))
-    posed = pipeline.driver.drive(probe, avatar.source)
+    offset = avatar.rig.binding.offset.detach().clone().requires_grad_(True)
+    rig = avatar.rig.replace(dynamic=Gaussians(**leaves), binding=avatar.rig.binding.replace(offset=offset))
+    posed = pipeline.driver.drive(avatar.replace(rig=rig), avatar.source)
     total = sum(t.float().sum() for t in posed.tensors().values())
-    grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
-    return tuple(name for name, g in zip(leaves, grads) if g is not None)
+    grads = torch.autograd.grad(total, [*leaves.values(), offset], allow_unused=True)
+    fields = tuple(name for name, g in zip(leaves, grads) if g is not None)
+    return fields, grads[-1] is not None and offset.numel() > 0
 
 
 class _Params:
@@ -223,28 +236,42 @@ def fit_avatar(
             return avatar, FitReport(0, time.perf_counter() - start, before, before, (), ())
 
         with torch.enable_grad():
-            dynamic_fields = _driven_fields(pipeline, avatar)
+            dynamic_fields, fit_binding = _driven_fields(pipeline, avatar)
             static = _Params(avatar.static, GAUSSIAN_FIELDS)
             dynamic = _Params(avatar.rig.dynamic, dynamic_fields)
+            binding = avatar.rig.binding
+            # offsets of the binding offsets: positions in the triangles' frames
+            shift = torch.zeros_like(binding.offset).requires_grad_(True) if fit_binding else None
             head = _head_size(pipeline)
             groups = []
             for name in GAUSSIAN_FIELDS:
                 tensors = [p.tensors[name] for p in (static, dynamic) if name in p.tensors]
+                if name == "means" and shift is not None:
+                    tensors.append(shift)
                 scale = LR_SCALE[name] * (head if name == "means" else 1.0)
                 if tensors:
                     groups.append({"params": tensors, "lr": lr * scale})
             optimiser = torch.optim.Adam(groups, lr=lr)
             unit = 0.01 * head
+
+            def rig_now():
+                rig = avatar.rig.replace(dynamic=dynamic.gaussians())
+                return (
+                    rig
+                    if shift is None
+                    else rig.replace(binding=binding.replace(offset=binding.offset + shift))
+                )
+
             losses = []
             for step in range(steps):
-                fitted = avatar.replace(
-                    static=static.gaussians(), rig=avatar.rig.replace(dynamic=dynamic.gaussians())
-                )
+                fitted = avatar.replace(static=static.gaussians(), rig=rig_now())
                 out = render(fitted)
                 loss = (1 - ssim_weight) * (out - target).abs().mean()
                 if ssim_weight > 0:
                     loss = loss + ssim_weight * (1 - ssim(out, target))
-                offsets = [o for o in (static.offsets(), dynamic.offsets()) if o is not None and o.numel()]
+                offsets = [
+                    o for o in (static.offsets(), dynamic.offsets(), shift) if o is not None and o.numel()
+                ]
                 if prior_weight > 0 and offsets:
                     prior = torch.cat([(o / unit).pow(2).sum(-1).flatten() for o in offsets]).mean()
                     loss = loss + prior_weight * prior
@@ -261,16 +288,16 @@ def fit_avatar(
                     progress(step, losses[-1])
 
         with torch.no_grad():
-            result = frozen_copy(
-                avatar.replace(static=static.gaussians(), rig=avatar.rig.replace(dynamic=dynamic.gaussians()))
-            )
+            result = frozen_copy(avatar.replace(static=static.gaussians(), rig=rig_now()))
             after = psnr(render(result), target)
     finally:
         for m, saved in zip(modules, flags):
             for p, flag in zip(m.parameters(), saved):
                 p.requires_grad_(flag)
-    fitted_names = tuple(f"static.{n}" for n in static.tensors) + tuple(
-        f"rig.dynamic.{n}" for n in dynamic.tensors
+    fitted_names = (
+        tuple(f"static.{n}" for n in static.tensors)
+        + tuple(f"rig.dynamic.{n}" for n in dynamic.tensors)
+        + (("rig.binding.offset",) if shift is not None else ())
     )
     report = FitReport(steps, time.perf_counter() - start, before, after, tuple(losses), fitted_names)
     return result, report

@@ -63,12 +63,12 @@ def test_fit_leaves_weights_input_avatar_and_grad_flags_unchanged(fitted):
 
 
 def test_fitted_avatar_keeps_structure_and_valid_values(fitted):
-    _, _, avatar, _, _, _, result, report = fitted
+    pipe, _, avatar, _, _, _, result, report = fitted
     assert result.static.count == avatar.static.count
     assert result.rig.dynamic.count == avatar.rig.dynamic.count
     for name, tensor in avatar.tensors().items():
         assert result.tensors()[name].shape == tensor.shape, name
-    for name in ("rig.binding.face_index", "rig.binding.barycentric", "rig.binding.offset", "rig.latent"):
+    for name in ("rig.binding.face_index", "rig.binding.barycentric", "rig.latent"):
         assert torch.equal(result.tensors()[name], avatar.tensors()[name]), name
     for name in ("source.expression", "source.identity", "camera.world_to_camera", "camera.intrinsics"):
         assert torch.equal(result.tensors()[name], avatar.tensors()[name]), name
@@ -78,11 +78,14 @@ def test_fitted_avatar_keeps_structure_and_valid_values(fitted):
         assert torch.allclose(g.quats.norm(dim=-1), torch.ones(g.quats.shape[:2]), atol=1e-5)
         assert g.features[..., :3].min() >= 0 and g.features[..., :3].max() <= 1
         assert not any(t.requires_grad for t in g.tensors().values())
-    # mesh-bound reads only scales, opacities and features of its rig: nothing else may change
+    # mesh-bound reads only scales, opacities and features of its rig, and the binding offsets:
+    # nothing else may change
     assert report.fitted == (
         "static.means", "static.quats", "static.scales", "static.opacities", "static.features",
-        "rig.dynamic.scales", "rig.dynamic.opacities", "rig.dynamic.features",
+        "rig.dynamic.scales", "rig.dynamic.opacities", "rig.dynamic.features", "rig.binding.offset",
     )  # fmt: skip
+    shift = (result.rig.binding.offset - avatar.rig.binding.offset).norm(dim=-1)
+    assert 0 < float(shift.max()) < 0.05 * _head(pipe)  # moved, and kept near by the surface prior
     assert torch.equal(result.rig.dynamic.means, avatar.rig.dynamic.means)
     assert torch.equal(result.rig.dynamic.quats, avatar.rig.dynamic.quats)
     assert not torch.equal(result.rig.dynamic.features, avatar.rig.dynamic.features)
@@ -159,14 +162,56 @@ def test_bad_image_raises_input_error(fitted):
 @pytest.mark.parametrize(
     "driver, expected",
     [
-        ({"name": "mesh-bound"}, ("scales", "opacities", "features")),
-        ({"name": "expression-gaussians"}, ("quats", "scales", "opacities", "features")),
+        ({"name": "mesh-bound"}, (("scales", "opacities", "features"), True)),
+        ({"name": "expression-gaussians"}, (("quats", "scales", "opacities", "features"), True)),
+        (
+            {"name": "light-control", "anchors_per_face": 1},
+            (("quats", "scales", "opacities", "features"), True),
+        ),
     ],
 )
 def test_driven_fields_are_what_drive_reads(driver, expected):
     pipe = Pipeline.from_dict(tiny_pipeline(driver=driver, **FAST))
     avatar = pipe.reconstruct(sample_image(pipe.config.source_size))
     assert _driven_fields(pipe, avatar) == expected
+
+
+def _head(pipe) -> float:
+    t = pipe.head_model.template
+    return float((t.amax(0) - t.amin(0)).norm())
+
+
+def test_fitted_positions_live_in_the_triangles_frames_and_follow_the_expression(fitted):
+    """What the fit moved on the rig is a fixed offset in each Gaussian's triangle frame: posed for
+    another expression, the fitted Gaussian sits at the same offset in that triangle's new frame."""
+    from gshead.core.geometry import posed_frames
+
+    pipe, _, avatar, _, _, _, result, _ = fitted
+    hm = pipe.head_model
+    shift = result.rig.binding.offset - avatar.rig.binding.offset  # [M, 3]
+    assert float(shift.norm(dim=-1).max()) > 0
+    params = avatar.source.replace(jaw=torch.tensor([[0.5, 0.0, 0.0]]))
+    with torch.no_grad():
+        before = pipe.driver.drive(avatar, params).means  # [1, M, 3]
+        after = pipe.driver.drive(result, params).means
+        _, rot = posed_frames(
+            avatar.rig.binding, hm(params.replace(identity=avatar.source.identity)).vertices, hm.faces
+        )
+    moved = (rot @ shift[None, :, :, None])[..., 0]  # the local shift in the posed frames
+    assert torch.allclose(after - before, moved, atol=1e-6)
+    opened = (
+        (rot - posed_frames(avatar.rig.binding, hm(avatar.source).vertices, hm.faces)[1]).abs().amax((-1, -2))
+    )
+    assert float(opened.max()) > 0.05  # the jaw really turned some triangles
+
+
+def test_surface_prior_keeps_the_rig_near_its_triangles(fitted):
+    pipe, image, avatar, _, _, _, _, _ = fitted
+    moved = {}
+    for weight in (0.0, 1e4):
+        result, _ = fit_avatar(pipe, avatar, image, 3, lr=0.05, prior_weight=weight)
+        moved[weight] = (result.rig.binding.offset - avatar.rig.binding.offset).norm(dim=-1).mean().item()
+    assert 0 < moved[1e4] < 0.5 * moved[0.0]
 
 
 def test_ssim_reference_values():

@@ -70,14 +70,29 @@ def test_static_anchors_lie_on_the_source_mesh_and_take_its_colour(built):
     place = hm(neutral_face(source)).vertices
     binding = bind_to_mesh(avatar.static.means[0], place, hm.faces)
     assert binding.offset.norm(dim=-1).max() < 1e-5  # untrained: no normal offset
-    # Untrained colour = the image colour where the same surface point appears in the portrait.
+    # Untrained colour = the image colour where the same surface point appears in the portrait, on
+    # the anchors the source view shows; the hidden ones (the far side) read the appearance prior.
+    from gshead.core.geometry import posed_frames
     from gshead.core.types import MeshBinding
+    from gshead.plugins._shared.appearance import anchor_colours
+    from gshead.plugins._shared.surface import module_prior
 
     anchors = MeshBinding(pipe.lifter.face_index, pipe.lifter.barycentric, torch.zeros(pipe.lifter.count, 3))
     view = avatar.camera.moved(source.pose_matrix())
-    seen = posed_points(anchors, hm(source).vertices, hm.faces)
+    see = hm(source).vertices
+    seen, rot = posed_frames(anchors, see, hm.faces)
     rgb = sample_at(image, project_points(seen, view), view.width, view.height)
-    assert torch.allclose(avatar.static.features[..., :3], rgb.clamp(0, 1), atol=1e-5)
+    centre = torch.linalg.inv(view.world_to_camera)[:, None, :3, 3]
+    facing = (torch.nn.functional.normalize(centre - seen, dim=-1) * rot[..., 2]).sum(-1)
+    vertex_rgb = sample_at(image, project_points(see, view), view.width, view.height)
+    prior, visible = anchor_colours(
+        rgb, seen, facing, anchors.face_index, anchors.barycentric, see, vertex_rgb, hm.faces, view,
+        module_prior(pipe.lifter, hm),
+    )  # fmt: skip
+    colour = avatar.static.features[..., :3]
+    assert visible.any() and (~visible).any()
+    assert torch.allclose(colour[visible], rgb.clamp(0, 1)[visible], atol=1e-5)
+    assert torch.allclose(colour, prior.clamp(0, 1), atol=1e-5)
 
 
 def test_static_and_dynamic_triangles_partition_the_mesh(built):

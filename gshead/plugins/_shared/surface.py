@@ -19,16 +19,21 @@ and predicts: residual RGB (so channels 0..2 start as the sampled image colour),
 ``C - 3`` feature channels, opacity, a scale per local axis, a rotation in the triangle's frame,
 a small offset along the face normal and, optionally, ``extra_outputs`` code channels.
 
+With ``appearance_prior`` (``SurfaceGaussianSettings``, on by default) the colour an anchor hidden
+in the source view reads is the appearance prior's (``gshead.plugins._shared.appearance``) instead
+of the pixel in front of it; everything else it reads, and every visible anchor, is unchanged.
+
 Untrained, the outputs are exact (the output layer is zero-initialised except the extra feature
-channels and the codes, as in ``single-plane``): colour = sampled image colour, opacity
-``initial_opacity``, scales ``size`` x the triangle's mean edge / sqrt(anchors_per_face) in-plane
-and ``thickness`` times that along the normal, rotation = the triangle's frame, no offset (anchors
-on the surface). ``surface_gaussians`` turns the raw outputs into ``Gaussians``.
+channels and the codes, as in ``single-plane``): colour = sampled image colour (the prior's on
+hidden anchors), opacity ``initial_opacity``, scales ``size`` x the triangle's mean edge /
+sqrt(anchors_per_face) in-plane and ``thickness`` times that along the normal, rotation = the
+triangle's frame, no offset (anchors on the surface). ``surface_gaussians`` turns the raw outputs into ``Gaussians``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +43,13 @@ from torch import Tensor, nn
 from gshead.core.errors import ShapeError
 from gshead.core.geometry import posed_frames, project_points, quat_to_rotmat, rotmat_to_quat
 from gshead.core.types import Camera, FeatureMaps, Gaussians, MeshBinding
+from gshead.plugins._shared.appearance import PriorTables, anchor_colours, prior_tables
+from gshead.plugins._shared.face_motion import MOUTH, PROBE_ANGLE, face_motion
 
 __all__ = [
     "AnchorHead",
     "SurfaceGaussianSettings",
+    "module_prior",
     "sample_at",
     "seeded_anchors",
     "surface_gaussians",
@@ -116,11 +124,20 @@ class AnchorHead(nn.Module):
                 b[start : start + size] = kept_b[start : start + size]
             b[_RGB + self.extra] = math.log(initial_opacity / (1.0 - initial_opacity))
 
-    def forward(self, features: FeatureMaps, pixels: Tensor, width: int, height: int, facing: Tensor):
-        """Raw outputs at ``pixels`` [B, M, 2] of a ``width`` x ``height`` image, ``facing`` [B, M].
+    def forward(
+        self,
+        features: FeatureMaps,
+        pixels: Tensor,
+        width: int,
+        height: int,
+        facing: Tensor,
+        rgb: Tensor | None = None,
+    ):
+        """Raw outputs at ``pixels`` [B, M, 2] of a ``width`` x ``height`` image, ``facing`` [B, M];
+        ``rgb`` [B, M, 3] replaces the source colour sampled there when given (the appearance prior).
 
-        Returns (rgb [B, M, 3] sampled colour, d_rgb [B, M, 3], extra [B, M, C-3], opacity logit [B, M],
-        log-scale [B, M, 3], quaternion residual [B, M, 4], normal offset [B, M], code [B, M, K]).
+        Returns (rgb [B, M, 3] sampled (or given) colour, d_rgb [B, M, 3], extra [B, M, C-3], opacity
+        logit [B, M], log-scale [B, M, 3], quaternion residual [B, M, 4], normal offset [B, M], code [B, M, K]).
         """
         got = tuple(m.shape[1] for m in features.local)
         if got != self.encoder_channels or features.global_token.shape[1] != self.global_channels:
@@ -128,7 +145,8 @@ class AnchorHead(nn.Module):
                 f"built for {self.encoder_channels} local / {self.global_channels} global encoder channels, "
                 f"got {got} / {features.global_token.shape[1]}"
             )
-        rgb = sample_at(features.image, pixels, width, height)  # [B, M, 3]
+        if rgb is None:
+            rgb = sample_at(features.image, pixels, width, height)  # [B, M, 3]
         h = self.pixel(torch.cat([rgb, facing[..., None]], dim=-1))  # [B, M, H]
         for level, fmap in zip(self.levels, features.local):
             h = h + level(sample_at(fmap, pixels, width, height))
@@ -152,11 +170,16 @@ def surface_gaussians(
     thickness: float,
     max_offset: float,
     max_log_scale: float,
+    prior: PriorTables | None = None,
+    prior_skip: Tensor | None = None,
 ) -> tuple[Gaussians, MeshBinding, Tensor, Tensor]:
     """Gaussians at the anchors ``face_index`` [M] / ``barycentric`` [M, 3] (shared by lifter and driver).
 
     Placed on ``place_vertices`` [B, V, 3], features sampled where the anchors of ``see_vertices``
-    [B, V, 3] project with ``camera``. Returns the Gaussians [B, M] (world space), the binding
+    [B, V, 3] project with ``camera``. With ``prior`` (the head model's ``PriorTables``), anchors
+    the source view does not show read the appearance prior's colour instead of the sampled one
+    (``gshead.plugins._shared.appearance.anchor_colours``); visible anchors are unchanged, and so
+    are the anchors ``prior_skip`` [M] (bool) names. Returns the Gaussians [B, M] (world space), the binding
     (with the predicted normal offsets of batch item 0), the local rotations [B, M, 3, 3] in the
     triangles' frames, and the codes [B, M, K].
     """
@@ -169,8 +192,19 @@ def surface_gaussians(
     centre = torch.linalg.inv(camera.world_to_camera)[:, None, :3, 3]  # [B, 1, 3] camera position
     facing = (F.normalize(centre - seen, dim=-1) * seen_rot[..., 2]).sum(-1)  # [B, M]
     pixels = project_points(seen, camera)
+    given = None
+    if prior is not None:
+        sampled = sample_at(features.image, pixels, camera.width, camera.height)  # [B, M, 3]
+        vertex_rgb = sample_at(
+            features.image, project_points(see_vertices, camera), camera.width, camera.height
+        )  # [B, V, 3]
+        given, _ = anchor_colours(
+            sampled, seen, facing, face_index, barycentric, see_vertices, vertex_rgb, faces, camera, prior
+        )
+        if prior_skip is not None:
+            given = torch.where(prior_skip.to(given.device)[None, :, None], sampled, given)
     rgb, d_rgb, extra, opacity, log_scale, quat, offset, code = head(
-        features, pixels, camera.width, camera.height, facing
+        features, pixels, camera.width, camera.height, facing, rgb=given
     )
 
     tri = place_vertices[:, faces[face_index]]  # [B, M, 3, 3]
@@ -200,6 +234,8 @@ class SurfaceGaussianSettings(BaseModel):
     """Initial shape of Gaussians anchored on triangles (shared by mesh-anchored and light-control)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
+    weights_neutral: ClassVar[tuple[str, ...]] = ("appearance_prior",)
+    """Fields that change no weight: pipeline weights load whatever their value (``load_pipeline_weights``)."""
 
     initial_opacity: float = Field(0.95, gt=0.0, lt=1.0)
     """Opacity of every Gaussian before training."""
@@ -213,3 +249,36 @@ class SurfaceGaussianSettings(BaseModel):
     """Bound on |log(scale / initial scale)| (tanh-bounded)."""
     seed: int = 0
     """Seed of the anchor positions inside each triangle (not of the weights)."""
+    appearance_prior: bool = True
+    """Anchors the portrait does not show (hidden behind other surface in the source view, or facing
+    away from it) read a prior colour instead of the source pixel in front of them: a dark cavity
+    colour inside the mouth, the mirror-symmetric anchor's colour when that one is visible, else
+    the nearest visible colour on the mesh (``gshead.plugins._shared.appearance``); visible anchors
+    keep their sampled colour. false: every anchor reads the pixel it projects to."""
+
+
+@torch.no_grad()
+def eyeballs(head_model) -> Tensor:
+    """[V] bool: the vertices of ``head_model`` that turn with the eyes (``PROBE_ANGLE`` about both
+    axes moves them more than 0.1% of the head's size; the lids do not turn with them)."""
+    base = head_model.neutral(1)
+    turned = base.replace(eyes=torch.full_like(base.eyes, PROBE_ANGLE))
+    moved = (head_model(turned).vertices - head_model(base).vertices)[0].norm(dim=-1)  # [V]
+    template = head_model.template
+    return moved > 1e-3 * float((template.amax(0) - template.amin(0)).norm())
+
+
+def module_prior(module: nn.Module, head_model, motion: Tensor | None = None) -> PriorTables:
+    """The appearance prior's tables of ``head_model``, kept on ``module`` as non-persistent buffers
+    (``prior_mouth``...: never in the weights; they follow ``module.to``) and made on the first call,
+    from the head model's ``face_motion`` table ``motion`` [F, 3] (computed when None)."""
+    keys = module.__dict__.get("_prior_fields")
+    if keys is None:
+        if motion is None:
+            motion = face_motion(head_model)
+        tables = prior_tables(head_model.template, head_model.faces, motion[:, MOUTH], eyeballs(head_model))
+        device = head_model.template.device
+        for key, value in tables.tensors().items():
+            module.register_buffer(f"prior_{key}", value.to(device), persistent=False)
+        keys = module.__dict__["_prior_fields"] = tuple(tables.tensors())
+    return PriorTables(**{key: getattr(module, f"prior_{key}") for key in keys})

@@ -203,6 +203,7 @@ class LinearHeadModel(torch.nn.Module):
         self.register_buffer("skin_weights", skin_weights)
         self.register_buffer("landmark_faces", landmark_faces)
         self.register_buffer("landmark_barycentric", landmark_barycentric)
+        self._identity_memo: tuple | None = None  # (ident, basis, basis version, shape)
 
     # ------------------------------------------------------------------ sizes and names
     @property
@@ -262,8 +263,28 @@ class LinearHeadModel(torch.nn.Module):
         return params.identity.to(self.template), params.expression.to(self.template)
 
     def _shaped(self, ident: Tensor, expr: Tensor) -> Tensor:
-        shaped = self.template + torch.einsum("vci,bi->bvc", self.identity_basis, ident)  # [B, V, 3]
+        shaped = self._identity_shape(ident)  # [B, V, 3]
         return shaped + torch.einsum("vce,be->bvc", self.expression_basis, expr)
+
+    def _identity_shape(self, ident: Tensor) -> Tensor:
+        """template + identity blendshapes [B, V, 3]. Driving evaluates one avatar's identity every
+        frame: without autograd the last result is kept and reused while the coefficients (and
+        the basis) are the same, which saves the largest product of the evaluation."""
+        memo = self._identity_memo
+        if torch.is_grad_enabled() or ident.requires_grad:
+            return self.template + torch.einsum("vci,bi->bvc", self.identity_basis, ident)
+        if (
+            memo is not None
+            and memo[1] is self.identity_basis
+            and memo[2] == self.identity_basis._version
+            and memo[0].shape == ident.shape
+            and memo[0].device == ident.device
+            and torch.equal(memo[0], ident)
+        ):
+            return memo[3]
+        shape = self.template + torch.einsum("vci,bi->bvc", self.identity_basis, ident)
+        self._identity_memo = (ident.clone(), self.identity_basis, self.identity_basis._version, shape)
+        return shape
 
     def local_rotations(self, params: HeadParams) -> Tensor:
         """Per-joint local rotation matrices [B, J, 3, 3]: identity except jaw and eyes."""

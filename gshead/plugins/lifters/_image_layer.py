@@ -3,9 +3,9 @@
 A lifter's helper (``mesh-anchored``'s ``image_layer``): an R x R grid over the source crop, one
 Gaussian per cell centre, kept only outside the head mesh's silhouette (the mesh's own Gaussians
 cover the inside). Each one lies on its camera ray at a *depth prior*: the head mesh is splatted
-into an R x R depth buffer (nearest surface sample per cell, small holes closed), the depths on
-the silhouette's rim are spread outwards (``gshead.core.geometry.fill_holes``, push-pull), and the
-result is pushed back by ``behind`` head widths. Hair around the head therefore sits at about the
+into an R x R depth buffer (``gshead.plugins._shared.depth.splat_depth``: nearest surface
+sample per cell, small holes closed), the depths on the silhouette's rim are spread outwards
+(``gshead.core.geometry.fill_holes``, push-pull), and the result is pushed back by ``behind`` head widths. Hair around the head therefore sits at about the
 depth of the head's outline, the neck and shoulders at the depth of the jaw's outline: a shell
 around the head, not a plane through it, and nothing in front of the face. A learned residual
 moves each point along its ray (bounded, zero at initialisation).
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from gshead.core.geometry import fill_holes
 from gshead.core.types import Camera, FeatureMaps, Gaussians
+from gshead.plugins._shared.depth import splat_depth
 
 # Rows of the head's output, in order (the extra feature channels go after RGB).
 _RGB, _OPACITY, _SCALE, _QUAT, _OFFSET = 3, 1, 3, 4, 1
@@ -74,20 +75,9 @@ class ImageLayer(nn.Module):
         silhouette, width [B] the mesh's width) for ``vertices`` [B, V, 3] seen by ``camera``."""
         r = self.resolution
         b = vertices.shape[0]
-        points = torch.cat([vertices, vertices[:, faces].mean(2)], 1)  # [B, V + F, 3] surface samples
-        w2c = camera.world_to_camera.to(points)
-        cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [B, P, 3]
-        z = cam[..., 2]
-        uvw = cam @ camera.intrinsics.to(points).transpose(1, 2)
-        uv = uvw[..., :2] / uvw[..., 2:].clamp_min(1e-6)
-        ij = torch.stack([uv[..., 0] * r / camera.width, uv[..., 1] * r / camera.height], -1).floor().long()
-        inside = (ij >= 0).all(-1) & (ij < r).all(-1) & (z > 1e-6)
-        cell = (ij[..., 1] * r + ij[..., 0]).clamp(0, r * r - 1)
-        far = torch.full((b, r * r), float("inf"), dtype=z.dtype, device=z.device)
-        zbuf = far.scatter_reduce(1, cell, torch.where(inside, z, far[:, :1].expand_as(z)), "amin")
-        hit = torch.isfinite(zbuf).to(z.dtype).view(b, 1, r, r)
-        # Closing (dilate, then erode) fills the cells no sample fell into.
-        solid = -F.max_pool2d(-F.max_pool2d(hit, 3, 1, 1), 3, 1, 1)
+        w2c = camera.world_to_camera.to(vertices)
+        zbuf, solid = splat_depth(camera, vertices, faces, r)  # [B, R*R], [B, 1, R, R]
+        hit = torch.isfinite(zbuf).to(zbuf.dtype).view(b, 1, r, r)
         rim = solid - (-F.max_pool2d(-solid, 5, 1, 2))  # the outermost two cells of the silhouette
         known = rim * hit
         zmap = torch.where(hit > 0, zbuf.view(b, 1, r, r), torch.zeros_like(hit))

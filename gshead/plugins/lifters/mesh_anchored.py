@@ -12,7 +12,10 @@ code shared with the driver (``gshead.plugins._shared.surface``: ``AnchorHead`` 
 ``surface_gaussians``, documented there) predicts each anchor's Gaussian from the encoder features
 sampled at its projection: colour, the other feature channels, opacity, scales, a rotation in the
 triangle's frame and a small offset along the face normal. Untrained, colour is the sampled image
-colour, opacity ``initial_opacity``, rotation the triangle's frame and the offset zero.
+colour, opacity ``initial_opacity``, rotation the triangle's frame and the offset zero. With
+``appearance_prior`` (default on), anchors the portrait does not show (hidden in the source view
+or facing away from it: under the chin, the far side of a turned head) read the appearance prior's
+colour instead of the pixel in front of them (``gshead.plugins._shared.appearance``).
 
 Positions lie on the head mesh of the source *identity* with neutral expression, jaw and eyes
 (``neutral_face``: static Gaussians never move, so they sit where a neutral face puts them);
@@ -38,6 +41,7 @@ from gshead.plugins._shared.face_motion import face_motion
 from gshead.plugins._shared.surface import (
     AnchorHead,
     SurfaceGaussianSettings,
+    module_prior,
     seeded_anchors,
     surface_gaussians,
 )
@@ -96,10 +100,14 @@ class MeshAnchoredLifter(nn.Module):
             config.initial_opacity,
         )
         faces = context.head_model.faces
+        motion = None
         if config.motion_threshold is None:
             keep = torch.arange(faces.shape[0])
         else:
-            keep = (face_motion(context.head_model).amax(1) <= config.motion_threshold).nonzero()[:, 0]
+            motion = face_motion(context.head_model)  # [F, 3]
+            keep = (motion.amax(1) <= config.motion_threshold).nonzero()[:, 0]
+        if config.appearance_prior:  # the appearance prior's tables (non-persistent buffers)
+            module_prior(self, context.head_model, motion)
         face_index, bary = seeded_anchors(keep, config.anchors_per_face, config.seed)
         self.image_layer = None
         if config.image_layer:
@@ -132,6 +140,7 @@ class MeshAnchoredLifter(nn.Module):
         gaussians, *_ = surface_gaussians(
             self.head, features, camera, self.face_index, self.barycentric, place, see, hm.faces,
             c.anchors_per_face, c.size, c.thickness, c.max_offset, c.max_log_scale,
+            module_prior(self, hm) if c.appearance_prior else None,
         )  # fmt: skip
         if self.image_layer is not None:
             gaussians = Gaussians.cat([gaussians, self.image_layer(features, camera, see, hm.faces)])

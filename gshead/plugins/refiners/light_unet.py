@@ -7,7 +7,8 @@ returns exactly what the ``identity`` refiner returns; training starts from the 
 instead of from grey (a residual was chosen over a sigmoid head for this reason).
 
 Layout, for ``widths = (w0, w1, ..., wL)``: a space-to-depth stem (PixelUnshuffle 2 + 1x1 conv to
-``w0``) so no 3x3 convolution runs at full resolution; one 3x3 conv at level 0 (H/2); per further
+``w0``, computed as the equivalent 2x2 stride-2 convolution) so no 3x3 convolution runs at full
+resolution; one 3x3 conv at level 0 (H/2); per further
 level a stride-2 3x3 conv and one 3x3 conv (H/4, H/8, ...); the decoder reduces channels with a 1x1
 conv *before* upsampling (nearest), adds the skip and applies one 3x3 conv; a 1x1 conv to 12 channels
 and PixelShuffle 2 give the full-resolution residual. Any H, W works (odd sizes are padded by
@@ -95,17 +96,28 @@ class LightUNetRefiner(nn.Module):
                 f"light-unet: expected rendered features [B, {self.channels}, H, W], got {list(features.shape)}"
             )
         h, w = features.shape[-2:]
-        x = torch.cat([features, render.alpha.to(features)], dim=1)  # [B, C + 1, H, W]
-        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate") if (h % 2 or w % 2) else x
-        skips = [self.stem(x)]  # [B, w0, H/2, W/2]
+        alpha = render.alpha.to(features)  # [B, 1, H, W]
+        if h % 2 or w % 2:
+            features, alpha = (F.pad(t, (0, w % 2, 0, h % 2), mode="replicate") for t in (features, alpha))
+        skips = [self.stem[3](F.relu(self._space_to_depth(features, alpha)))]  # [B, w0, H/2, W/2]
         for down in self.down:
             skips.append(down(skips[-1]))
         y = skips.pop()
         for reduce, merge in zip(reversed(self.reduce), reversed(self.merge)):
             skip = skips.pop()
             y = merge(F.interpolate(reduce(y), size=skip.shape[-2:], mode="nearest") + skip)
-        residual = F.pixel_shuffle(self.head(y), 2)[..., :h, :w]  # [B, 3, H, W]
-        return (features[:, :3] + residual).clamp(0.0, 1.0)
+        residual = F.pixel_shuffle(self.head(y), 2)  # [B, 3, H, W]
+        return (features[:, :3] + residual).clamp(0.0, 1.0)[..., :h, :w]
+
+    def _space_to_depth(self, features: Tensor, alpha: Tensor) -> Tensor:
+        """The stem's PixelUnshuffle 2 + 1x1 conv as two 2x2 stride-2 convs (features, alpha) with
+        the same weights: equal to it up to rounding, without the unshuffled copy or the concat
+        (about 3x cheaper on CPU). Unshuffle channel ``4c + 2i + j`` holds input channel ``c`` at
+        offset (i, j), so the 1x1 weight [w0, 4(C+1), 1, 1] is the 2x2 weight [w0, C+1, 2, 2]."""
+        conv = self.stem[1]
+        weight = conv.weight.view(conv.out_channels, self.channels + 1, 2, 2)
+        out = F.conv2d(features, weight[:, : self.channels], conv.bias, stride=2)
+        return out + F.conv2d(alpha, weight[:, self.channels :], None, stride=2)
 
 
 @hookimpl
