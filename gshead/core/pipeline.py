@@ -425,8 +425,8 @@ def drive_frames(
     and the refiner work at this longer side (``raster_camera``) and the refined image is
     upsampled (bilinear) to ``camera``'s size, as GAGAvatar renders its features at 256² for a
     512² output. ``cache``: a dict owned by the caller (a ``DrivingSession``) for constants that
-    depend only on the avatar (the resized static background, the still torso's indices); only
-    used without autograd, so training always recomputes them."""
+    depend only on the avatar (the resized static background, the still torso split from the
+    head); only used without autograd, so training always recomputes them."""
     b = params.batch_size
     out_size = (camera.height, camera.width)
     camera = raster_camera(camera, raster_size)
