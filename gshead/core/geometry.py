@@ -257,18 +257,16 @@ def body_weights(means: Tensor, landmarks: Tensor) -> Tensor:
     return t * t * (3.0 - 2.0 * t)
 
 
-def still_body(gaussians: Gaussians, weight: Tensor, relative: Tensor, moving: Tensor | None = None) -> Gaussians:
+def still_body(gaussians: Gaussians, weight: Tensor, relative: Tensor) -> Gaussians:
     """Head-space ``gaussians`` [1, N] with the parts of weight ``weight`` [1, N] held still while
     the head moves: ``relative`` [B, 4, 4] = pose(frame)^-1 pose(source) takes a point the source
     pose put in the world back into the frame's head space. Linear blend between not moving (0)
     and ``relative`` (1): means x + w (A x - x); rotations turned by the rotation of ``relative``
     blended from the identity by w (normalised linear interpolation of the quaternions: exact at
     0 and 1, within 0.1 degrees of the spherical blend for turns up to 40 degrees, and no
-    trigonometry per Gaussian). ``moving`` [K]: the indices with weight > 0, when the caller has
-    them already. Returns [B, N]."""
+    trigonometry per Gaussian; ``held_still``). Returns [B, N]."""
     b = relative.shape[0]
-    if moving is None:
-        moving = (weight[0] > 0).nonzero()[:, 0]  # only the torso and neck: the head's Gaussians stay
+    moving = (weight[0] > 0).nonzero()[:, 0]  # only the torso and neck: the head's Gaussians stay
     means, quats = held_still(gaussians.means[:, moving], gaussians.quats[:, moving], weight[:, moving], relative)
     all_means = gaussians.means.expand(b, -1, -1).clone()
     all_quats = gaussians.quats.expand(b, -1, -1).clone()
@@ -293,12 +291,10 @@ def held_still(means: Tensor, quats: Tensor, weight: Tensor, relative: Tensor) -
     return means + w * (moved - means), F.normalize(quat_multiply(turn, quats), dim=-1)
 
 
-def torso_held(
-    gaussians: Gaussians, weight: Tensor, pose: Tensor, source_pose: Tensor, moving: Tensor | None = None
-) -> Gaussians:
+def torso_held(gaussians: Gaussians, weight: Tensor, pose: Tensor, source_pose: Tensor) -> Gaussians:
     """``still_body`` for a frame whose head pose is ``pose`` [B, 4, 4] (object to world) when the
     portrait's is ``source_pose`` [1, 4, 4]: the relative motion is ``pose^-1 source_pose``."""
-    return still_body(gaussians, weight, torch.linalg.inv(pose) @ source_pose.to(pose), moving)
+    return still_body(gaussians, weight, torch.linalg.inv(pose) @ source_pose.to(pose))
 
 
 # -- binding points to a mesh ---------------------------------------------------------------------

@@ -224,10 +224,12 @@ class LightControlDriver(nn.Module):
 
     def offsets(self, avatar: Avatar, params: HeadParams) -> Tensor:
         """Control offsets [B, M, 3] in each Gaussian's triangle frame, model units."""
+        return self._offsets(avatar, params, self._avatar_constants(avatar))
+
+    def _offsets(self, avatar: Avatar, params: HeadParams, parts: _AvatarConstants) -> Tensor:
         rig = avatar.rig
         m, b = rig.dynamic.count, params.batch_size
         codes = rig.latent.reshape(m, self.config.code_dim)  # [M, K]
-        parts = self._avatar_constants(avatar)
         raw = torch.zeros(b, m, 3, dtype=codes.dtype, device=codes.device)
         for g, (head, condition) in enumerate(zip(self.heads, self.conditions(params))):
             idx = parts.region_index[g]
@@ -256,7 +258,9 @@ class LightControlDriver(nn.Module):
         rot = face_rot[:, parts.face_of]  # [B, M, 3, 3]
         binding = rig.binding
         anchor = (binding.barycentric.to(corners)[None, :, :, None] * corners[:, parts.face_of]).sum(2)
-        offset = binding.offset.to(corners)[None, :, :, None] + self.offsets(avatar, params)[..., None]
+        offset = (
+            binding.offset.to(corners)[None, :, :, None] + self._offsets(avatar, params, parts)[..., None]
+        )
         means = anchor + (rot @ offset)[..., 0]  # [B, M, 3]
         quats = quat_multiply(rotmat_to_quat(face_rot)[:, parts.face_of], parts.local_quats)
         return rig.dynamic.moved(means, quats)
