@@ -50,6 +50,9 @@ from gshead.plugins.trackers._fit import JawRig, fit_linear
 
 MEDIAPIPE_POINTS = 478
 """Points of MediaPipe's face mesh with iris refinement (468 mesh + 2 x 5 iris)."""
+CUT_OFF_SHARE = 0.05
+"""``crop_box`` warns that the face is cut off when its detection box reaches more than this share
+of its side past an edge of the image."""
 
 # Head-model landmark name -> MediaPipe face-mesh indices whose mean is that landmark.
 # "left"/"right" are the subject's (the procedural head's +x side is the subject's left, which
@@ -574,6 +577,20 @@ class MediapipeTracker(nn.Module):
             )
         if len(faces) > 1:
             warnings.warn(f"mediapipe: {len(faces)} faces found; using the largest", stacklevel=2)
+        outside = {
+            "left": -left,
+            "top": -top,
+            "right": left + side - w,
+            "bottom": top + side - h,
+        }
+        cut = {edge: px / side for edge, px in outside.items() if px > CUT_OFF_SHARE * side}
+        if cut:
+            where = ", ".join(f"{edge} ({share:.0%} of the face box outside)" for edge, share in cut.items())
+            warnings.warn(
+                f"mediapipe: the face is cut off at the image's {where}; the missing part of the head "
+                "is filled in, not reconstructed (use a portrait that shows the whole face)",
+                stacklevel=2,
+            )
         cx, cy = left + side / 2, top + side / 2 + self.config.face_offset * side
         crop = self.config.face_scale * side
         return CropBox(cx - crop / 2, cy - crop / 2, crop)

@@ -60,7 +60,11 @@ def params_for(model, expression: dict[str, float] | None = None, jaw=(0.0, 0.0,
 
 
 def anny_vertices(anny_model, head, expression=None, jaw=None, eyes=None) -> np.ndarray:
-    """Anny's own posed vertices, in our axes; rotations given in our axes are mapped to Anny's."""
+    """Anny's own posed vertices, in our axes; rotations given in our axes are mapped to Anny's.
+    Our blink units at w are Anny's blink shapes at ``blink_closure`` x w."""
+    if expression:
+        closure = head.config.blink_closure
+        expression = {k: v * closure if k in anny_head.BLINK_UNITS else v for k, v in expression.items()}
     rest = anny_model(facial_actions=expression)
     pose = {"root": rest["rest_bone_poses"][:, 0]}  # keep Anny's rest space (no root re-centring)
     axes = torch.tensor(AXES, dtype=torch.float64)
@@ -189,11 +193,42 @@ def test_blink_left_closes_the_subjects_left_eye(head):
     assert lmk(head, neutral, "eye_left_upper_lid")[0] > 0  # subject's left is +x
     blink = head(params_for(head, {"eyeBlinkLeft": 1.0}))
     assert lid_gap(head, neutral, "left") > 0.006  # open: ~9 mm
-    assert lid_gap(head, blink, "left") < 0.1 * lid_gap(head, neutral, "left")  # closed
+    assert lid_gap(head, blink, "left") < 0.25 * lid_gap(head, neutral, "left")  # closed to a slit
+    assert lid_gap(head, blink, "left") > 0  # and not past the lower lid
     assert abs(lid_gap(head, blink, "right") - lid_gap(head, neutral, "right")) < 3e-4
     blink_r = head(params_for(head, {"eyeBlinkRight": 1.0}))
-    assert lid_gap(head, blink_r, "right") < 0.1 * lid_gap(head, neutral, "right")
+    assert lid_gap(head, blink_r, "right") < 0.25 * lid_gap(head, neutral, "right")
     assert abs(lid_gap(head, blink_r, "left") - lid_gap(head, neutral, "left")) < 3e-4
+
+
+def visible_eyeball(model, mesh) -> int:
+    """Surface samples of the eyeballs that an orthographic front view sees (not behind the lids)."""
+    from gshead.plugins._shared.appearance import _hidden_along
+    from gshead.plugins._shared.surface import eyeballs
+
+    faces = model.faces.long()
+    ball = faces[eyeballs(model)[faces].all(1)]
+    n = 6
+    grid = torch.tensor([(i, j, n - i - j) for i in range(n + 1) for j in range(n + 1 - i)]) / n
+    v = mesh.vertices[0]
+    samples = torch.einsum("sk,fkc->fsc", grid.to(v), v[ball]).reshape(-1, 3)
+    size = float((model.template.amax(0) - model.template.amin(0)).norm())
+    hidden = _hidden_along(
+        torch.cat([samples, v]), faces + samples.shape[0], 2, 1.0, size / 400, 0.002 * size
+    )
+    return int((~hidden[: samples.shape[0]]).sum())
+
+
+def test_full_blink_covers_the_eyeball_best(head):
+    """Anny's blink shapes at full weight push the upper lid through the eyeball, which shows again;
+    ``blink_closure`` makes 1 the weight that hides the most of it (within 10% of the least seen)."""
+    both = lambda w: head(params_for(head, {"eyeBlinkLeft": w, "eyeBlinkRight": w}))
+    open_, shut = visible_eyeball(head, both(0.0)), visible_eyeball(head, both(1.0))
+    sweep = {w: visible_eyeball(head, both(w)) for w in (0.7, 0.8, 0.9, 1.1, 1.2, 1.4, 1.6)}
+    assert shut < 0.5 * open_, (open_, shut)
+    assert shut <= 1.1 * min(sweep.values()), (shut, sweep)
+    # Anny's own full weight (1 / blink_closure here) shows clearly more of the eyeball
+    assert sweep[1.6] > 1.25 * shut, (shut, sweep)
 
 
 def test_cache_is_reused_and_fast(head, cache):

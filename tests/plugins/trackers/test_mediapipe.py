@@ -151,6 +151,22 @@ def test_several_faces_use_the_largest_with_a_warning(tracker, astronaut):
 
 
 @needs_mediapipe
+def test_a_face_cut_off_at_the_border_is_named_in_a_warning(tracker, astronaut):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        tracker.crop_box(astronaut)
+    assert not [w for w in seen if "cut off" in str(w.message)]  # the whole face: no warning
+    # mediapipe boxes the face at x 174..278: from x 195 on, a fifth of the box is outside on the left
+    cut_left = r"face is cut off at the image's left \(\d+% of the face box outside\)"
+    with pytest.warns(UserWarning, match=cut_left):
+        tracker.crop_box(astronaut[..., 195:].contiguous())
+    with pytest.warns(UserWarning, match=r"cut off at the image's right"):
+        tracker.crop_box(astronaut[..., :255].contiguous())
+
+
+@needs_mediapipe
 @pytest.mark.parametrize("mode", ["L", "RGBA"])
 def test_grayscale_and_rgba_files(tracker, astronaut, tmp_path, mode):
     from PIL import Image
